@@ -1,0 +1,343 @@
+"""Deliver notifications, or keep them durably until they can be delivered.
+
+A publish is answered ``result`` only once its notification is either accepted
+by the provider or written to the store's ``pending`` table; a restart loads
+that table and carries on. Per node there is at most one request in flight and
+one notification pending: a newer notification replaces an older pending one
+(the phone only needs the latest wake-up), which is also how a burst above the
+per-node rate limit is coalesced instead of dropped.
+
+Transient failures are retried with exponential backoff and full jitter,
+honouring the provider's Retry-After, for at most ``give_up_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import AppConfig
+from ..errors import DeliveryResult, Outcome, StoreError
+from ..models import Dialect, Notification, Registration
+from ..payloads import build_request
+from ..providers.base import Provider
+from ..store import PENDING, Store
+
+log = logging.getLogger(__name__)
+
+
+class Submitted(str, enum.Enum):
+    """What became of a submitted notification by the time the publish is answered."""
+
+    DELIVERED = "delivered"
+    QUEUED = "queued"  # durably pending: retried, or sent after the in-flight one
+    THROTTLED = "throttled"  # durably pending until the node's rate limit allows it
+    DEAD_TOKEN = "dead_token"  # the registration was removed
+    REJECTED = "rejected"  # the provider refused it for good (not the token's fault)
+
+
+class QueueFull(Exception):
+    """Too many notifications are pending: answer the publish with ``wait``."""
+
+
+@dataclass(slots=True)
+class DeliveryPolicy:
+    reply_within: float = 3.0  # seconds a publish waits for the provider before queueing
+    retry_base: float = 1.0  # first retry after ~this many seconds
+    retry_max_delay: float = 300.0  # backoff ceiling
+    give_up_after: float = 86_400.0  # a notification is dropped (and logged) this old
+    max_pending: int = 100_000
+    rate_burst: int = 10  # per node: this many pushes at once ...
+    rate_interval: float = 2.0  # ... then one per interval (0 disables the limit)
+
+
+@dataclass(slots=True)
+class Pending:
+    registration: Registration
+    notification: Notification
+    attempts: int
+    first_queued: float
+    due: float  # wall clock
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"registration": self.registration.to_doc(),
+                "notification": self.notification.to_doc(), "attempts": self.attempts,
+                "first_queued": self.first_queued, "due": self.due}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Pending:
+        return cls(Registration.from_doc(doc["registration"]),
+                   Notification.from_doc(doc["notification"]), int(doc["attempts"]),
+                   float(doc["first_queued"]), float(doc["due"]))
+
+
+class RateLimiter:
+    """A token bucket per node."""
+
+    def __init__(self, burst: int, interval: float) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._buckets: dict[str, tuple[float, float]] = {}  # node → (tokens, at)
+
+    def take(self, node: str, now: float) -> float:
+        """Take a token: 0.0 if one was free, else the seconds until one is."""
+        if self.interval <= 0:
+            return 0.0
+        tokens, at = self._buckets.get(node, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) / self.interval)
+        if tokens >= 1.0:
+            self._buckets[node] = (tokens - 1.0, now)
+            if len(self._buckets) > 100_000:
+                self._prune(now)
+            return 0.0
+        self._buckets[node] = (tokens, now)
+        return (1.0 - tokens) * self.interval
+
+    def _prune(self, now: float) -> None:
+        full_after = self.burst * self.interval
+        self._buckets = {n: v for n, v in self._buckets.items() if now - v[1] < full_after}
+
+
+def _log_failure(task: asyncio.Task[DeliveryResult]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("delivery failed: %s", task.exception())
+
+
+DeadTokenHandler = Callable[[Registration, DeliveryResult], Awaitable[None]]
+
+
+class Delivery:
+    """Sends through the providers; owns the pending queue and its timers."""
+
+    def __init__(self, store: Store, providers: dict[str, Provider],
+                 policy: DeliveryPolicy, on_dead_token: DeadTokenHandler) -> None:
+        self.store = store
+        self.providers = providers
+        self.policy = policy
+        self.on_dead_token = on_dead_token
+        self.limiter = RateLimiter(policy.rate_burst, policy.rate_interval)
+        self.stats: Counter[str] = Counter()
+        self._pending: dict[str, Pending] = {}
+        self._inflight: dict[str, asyncio.Task[DeliveryResult]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._closing = False
+
+    # -- life cycle -----------------------------------------------------------------
+    def resume(self) -> None:
+        """Schedule every notification the store kept pending (after a restart)."""
+        for node, doc in list(self.store.table(PENDING).items()):
+            try:
+                entry = Pending.from_doc(doc)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("pending notification for node %s is unreadable: %s", node, exc)
+                continue
+            self._pending[node] = entry
+            self._schedule(node, entry.due)
+        if self._pending:
+            log.info("resuming %d pending notification(s)", len(self._pending))
+
+    async def stop(self) -> None:
+        """Stop timers and wait briefly for in-flight requests; pending stays stored."""
+        self._closing = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()), timeout=5.0)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # -- the publish path ----------------------------------------------------------
+    async def submit(self, registration: Registration, notification: Notification) -> Submitted:
+        node = registration.node
+        now = time.time()
+        if node in self._pending or node in self._inflight:
+            # Something for this node is already on its way or waiting: the
+            # newer notification takes the pending place of any older one.
+            await self._keep(registration, notification, due=None)
+            return Submitted.QUEUED
+        wait = self.limiter.take(node, now)
+        if wait > 0:
+            await self._keep(registration, notification, due=now + wait)
+            self.stats["throttled"] += 1
+            return Submitted.THROTTLED
+        task = self._start(registration, notification)
+        done, _ = await asyncio.wait({task}, timeout=self.policy.reply_within)
+        if not done:
+            # Slow provider: persist it so a restart retries it; the task's
+            # completion settles the pending entry either way.
+            await self._keep(registration, notification, due=now, replace_newer=False)
+            return Submitted.QUEUED
+        result = task.result()
+        if result.outcome is Outcome.DELIVERED:
+            return Submitted.DELIVERED
+        if result.outcome is Outcome.DEAD_TOKEN:
+            return Submitted.DEAD_TOKEN
+        if result.outcome is Outcome.REJECTED:
+            return Submitted.REJECTED
+        return Submitted.QUEUED  # RETRY: _settle stored it durably before we got here
+
+    async def _keep(self, registration: Registration, notification: Notification,
+                    due: float | None, replace_newer: bool = True) -> None:
+        """Make ``notification`` the node's durable pending notification."""
+        node = registration.node
+        old = self._pending.get(node)
+        if old is None and len(self._pending) >= self.policy.max_pending:
+            raise QueueFull(f"{len(self._pending)} notifications pending")
+        if old is not None and not replace_newer and old.notification is not notification:
+            return
+        now = time.time()
+        entry = Pending(
+            registration, notification,
+            attempts=old.attempts if old else 0,
+            first_queued=old.first_queued if old else now,
+            # A newer notification keeps an older one's backoff, not its place in line.
+            due=due if due is not None else (old.due if old and old.attempts else now),
+        )
+        self._pending[node] = entry
+        try:
+            await self.store.set_doc(PENDING, node, entry.to_doc())
+        except StoreError:
+            if self._pending.get(node) is entry:
+                if old is None:
+                    del self._pending[node]
+                else:
+                    self._pending[node] = old
+            raise
+        if node not in self._inflight:
+            self._schedule(node, entry.due)
+
+    async def drop(self, node: str) -> None:
+        """Forget a node's pending notification (it was unregistered)."""
+        if node in self._pending:
+            await self._forget(node)
+
+    # -- sending ----------------------------------------------------------------------
+    def _start(self, registration: Registration, notification: Notification,
+               ) -> asyncio.Task[DeliveryResult]:
+        node = registration.node
+        task = asyncio.ensure_future(self._send_and_settle(registration, notification))
+        task.add_done_callback(_log_failure)
+        self._inflight[node] = task
+        return task
+
+    async def _send_and_settle(self, registration: Registration,
+                               notification: Notification) -> DeliveryResult:
+        try:
+            result = await self._send(registration, notification)
+            await self._settle(registration, notification, result)
+            return result
+        finally:
+            self._inflight.pop(registration.node, None)
+            entry = self._pending.get(registration.node)
+            if entry is not None and not self._closing:
+                self._schedule(registration.node, entry.due)
+
+    async def _send(self, registration: Registration, notification: Notification,
+                    ) -> DeliveryResult:
+        provider = self.providers.get(registration.app)
+        if provider is None:
+            log.error("node %s: app %r is no longer configured", registration.node,
+                      registration.app)
+            return DeliveryResult(Outcome.REJECTED, reason="app not configured")
+        try:
+            request = build_request(registration, notification, provider.app, time.time())
+        except ValueError as exc:
+            log.error("node %s: cannot build a request: %s", registration.node, exc)
+            return DeliveryResult(Outcome.REJECTED, reason=str(exc))
+        try:
+            result = await provider.send(request)
+        except Exception:  # a provider bug must not lose the notification
+            log.exception("provider %s failed unexpectedly", provider.id)
+            result = DeliveryResult(Outcome.RETRY, reason="provider error")
+        self.stats[f"provider_{result.outcome.value}"] += 1
+        return result
+
+    async def _settle(self, registration: Registration, notification: Notification,
+                      result: DeliveryResult) -> None:
+        node = registration.node
+        entry = self._pending.get(node)
+        mine = entry is not None and entry.notification is notification
+        if result.outcome is Outcome.RETRY:
+            if entry is None or mine:
+                attempts = entry.attempts + 1 if entry else 1
+                first = entry.first_queued if entry else notification.received_at or time.time()
+                if time.time() - first > self.policy.give_up_after:
+                    log.error("node %s: giving up after %d attempts (%s)", node, attempts,
+                              result.reason)
+                    self.stats["given_up"] += 1
+                    await self._forget(node)
+                    return
+                due = time.time() + self._backoff(attempts, result.retry_after)
+                kept = Pending(registration, notification, attempts, first, due)
+                self._pending[node] = kept
+                self.stats["retries"] += 1
+                # A StoreError propagates: the publish is then answered with an
+                # error instead of a result we could not keep.
+                await self.store.set_doc(PENDING, node, kept.to_doc())
+            # else a newer notification is pending: it replaces this one.
+            return
+        if result.outcome is Outcome.DEAD_TOKEN:
+            await self._forget(node)
+            await self.on_dead_token(registration, result)
+            return
+        if result.outcome is Outcome.REJECTED:
+            log.error("node %s: %s rejected the notification: %s %s", node, registration.app,
+                      result.status, result.reason)
+        if mine:
+            await self._forget(node)
+
+    async def _forget(self, node: str) -> None:
+        self._pending.pop(node, None)
+        timer = self._timers.pop(node, None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            await self.store.set_doc(PENDING, node, None)
+        except StoreError as exc:  # it will be delivered again after a restart: harmless
+            log.warning("node %s: cannot clear a pending notification: %s", node, exc)
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        ceiling = min(self.policy.retry_max_delay, self.policy.retry_base * 2 ** (attempts - 1))
+        delay = random.uniform(ceiling / 2, ceiling)  # jitter keeps retries from aligning
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    # -- timers -----------------------------------------------------------------------
+    def _schedule(self, node: str, due: float) -> None:
+        if self._closing:
+            return
+        old = self._timers.pop(node, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, due - time.time())
+        self._timers[node] = loop.call_later(delay, self._fire, node)
+
+    def _fire(self, node: str) -> None:
+        self._timers.pop(node, None)
+        entry = self._pending.get(node)
+        if entry is None or node in self._inflight or self._closing:
+            return
+        registration = entry.registration
+        if registration.dialect is not Dialect.MONAL:  # stateless: nothing stored
+            current = self.store.get(node)
+            if current is None:  # unregistered meanwhile
+                asyncio.ensure_future(self._forget(node))
+                return
+            registration = current
+        wait = self.limiter.take(node, time.time())
+        if wait > 0:
+            self._schedule(node, time.time() + wait)
+            return
+        self._start(registration, entry.notification)

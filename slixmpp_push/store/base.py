@@ -1,0 +1,164 @@
+"""The store interface: registrations, pending notifications, dead tokens.
+
+Reads are synchronous and answered from in-memory indexes (a publish never
+scans); writes are coroutines that return once the change is durable. A back
+end only implements :meth:`Store._persist` (and loading); everything else —
+indexes, typed accessors, rollback on a failed write — lives here once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import StoreError
+from ..models import Registration
+
+REGISTRATIONS = "registrations"
+PENDING = "pending"
+DEAD_TOKENS = "dead_tokens"
+TABLES = (REGISTRATIONS, PENDING, DEAD_TOKENS)
+
+#: One change: (table, key, document or None for a deletion).
+Op = tuple[str, str, dict[str, Any] | None]
+
+DeviceIdentity = tuple[str, str, str, str]
+
+
+def device_identity(registration: Registration) -> DeviceIdentity:
+    """What makes a re-registration "the same device" (it then keeps its node)."""
+    device = registration.device_id or registration.token
+    return (registration.account, registration.app, device, registration.channel or "")
+
+
+class Store(abc.ABC):
+    """Durable tables of JSON documents, with typed access for registrations."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in TABLES}
+        self._registrations: dict[str, Registration] = {}
+        self._by_identity: dict[DeviceIdentity, str] = {}
+        self._by_account: dict[str, set[str]] = {}
+
+    # -- life cycle ---------------------------------------------------------
+    async def open(self) -> None:
+        """Load the tables; must be awaited before use."""
+        self._load_tables(await self._load())
+
+    async def close(self) -> None:
+        """Flush and release the back end."""
+
+    async def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {}
+
+    @abc.abstractmethod
+    async def _persist(self, ops: list[Op]) -> None:
+        """Make ``ops`` durable; raise :class:`StoreError` when that fails."""
+
+    def _load_tables(self, tables: dict[str, dict[str, dict[str, Any]]]) -> None:
+        for name in TABLES:
+            self._tables[name] = dict(tables.get(name, {}))
+        self._registrations.clear()
+        self._by_identity.clear()
+        self._by_account.clear()
+        for node, doc in self._tables[REGISTRATIONS].items():
+            try:
+                self._index(Registration.from_doc(doc))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreError(f"registration {node!r} in the store is invalid: {exc}") from exc
+
+    # -- registrations ------------------------------------------------------
+    def get(self, node: str) -> Registration | None:
+        return self._registrations.get(node)
+
+    def find_device(self, identity: DeviceIdentity) -> Registration | None:
+        node = self._by_identity.get(identity)
+        return self._registrations.get(node) if node is not None else None
+
+    def by_account(self, account: str) -> list[Registration]:
+        return [self._registrations[n] for n in sorted(self._by_account.get(account, ()))]
+
+    def registrations(self) -> Iterator[Registration]:
+        return iter(list(self._registrations.values()))
+
+    def __len__(self) -> int:
+        return len(self._registrations)
+
+    async def put(self, registration: Registration) -> None:
+        old = self._registrations.get(registration.node)
+        if old is not None:
+            self._unindex(old)
+        self._index(registration)
+        try:
+            await self._write(REGISTRATIONS, registration.node, registration.to_doc())
+        except BaseException:
+            if self._registrations.get(registration.node) is registration:
+                self._unindex(registration)
+                if old is not None:
+                    self._index(old)
+            raise
+
+    async def remove(self, node: str) -> Registration | None:
+        old = self._registrations.get(node)
+        if old is None:
+            return None
+        self._unindex(old)
+        try:
+            await self._write(REGISTRATIONS, node, None)
+        except BaseException:
+            if node not in self._registrations:
+                self._index(old)
+            raise
+        return old
+
+    def _index(self, registration: Registration) -> None:
+        self._registrations[registration.node] = registration
+        self._by_identity[device_identity(registration)] = registration.node
+        self._by_account.setdefault(registration.account, set()).add(registration.node)
+
+    def _unindex(self, registration: Registration) -> None:
+        self._registrations.pop(registration.node, None)
+        identity = device_identity(registration)
+        if self._by_identity.get(identity) == registration.node:
+            del self._by_identity[identity]
+        nodes = self._by_account.get(registration.account)
+        if nodes is not None:
+            nodes.discard(registration.node)
+            if not nodes:
+                del self._by_account[registration.account]
+
+    # -- generic tables (pending notifications, dead tokens) ---------------------
+    def table(self, name: str) -> dict[str, dict[str, Any]]:
+        """A read-only view of a table's documents by key."""
+        return self._tables[name]
+
+    async def set_doc(self, name: str, key: str, doc: dict[str, Any] | None) -> None:
+        """Write (or with ``None`` delete) one document of a generic table."""
+        await self._write(name, key, doc)
+
+    async def _write(self, name: str, key: str, doc: dict[str, Any] | None) -> None:
+        table = self._tables[name]
+        old = table.get(key)
+        if doc is None:
+            if old is None:
+                return
+            del table[key]
+        else:
+            table[key] = doc
+        try:
+            await self._persist([(name, key, doc)])
+        except BaseException:
+            if table.get(key) is doc:
+                if old is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = old
+            raise
+
+
+class MemoryStore(Store):
+    """Keeps everything in memory: for tests and throwaway demos, never production."""
+
+    async def _persist(self, ops: list[Op]) -> None:
+        return None

@@ -1,0 +1,23 @@
+"""XEP-0357: Push Notifications — stanzas and publish parsing."""
+
+from .publish import MalformedPublish, Publish, form_values, parse_publish
+from .stanza import (
+    NS,
+    PUBLISH_OPTIONS_FORM_TYPE,
+    PUBLISH_OPTIONS_FORM_TYPES,
+    SUMMARY_FORM_TYPE,
+    Disable,
+    Enable,
+    Encrypted,
+    EncryptRequest,
+    Notification,
+    PushJingle,
+    PushPriority,
+    register_stanzas,
+)
+
+__all__ = [
+    "NS", "PUBLISH_OPTIONS_FORM_TYPE", "PUBLISH_OPTIONS_FORM_TYPES", "SUMMARY_FORM_TYPE",
+    "Disable", "Enable", "Encrypted", "EncryptRequest", "MalformedPublish", "Notification",
+    "Publish", "PushJingle", "PushPriority", "form_values", "parse_publish", "register_stanzas",
+]

@@ -5,7 +5,13 @@ Every key is documented in ``docs/configuration.md``; defaults live here only.
 
 from __future__ import annotations
 
+import os
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
 
 
 @dataclass(slots=True)
@@ -42,3 +48,249 @@ class AppConfig:
     endpoint: str | None = None  # APNs "host:port"; FCM base URL "https://host:port"
     ca_file: str | None = None  # CA bundle trusted for that endpoint
     extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DeliveryPolicy:
+    """How hard and how often the app server tries (``[delivery]`` in the config)."""
+
+    reply_within: float = 3.0  # seconds a publish waits for the provider before queueing
+    retry_base: float = 1.0  # first retry after ~this many seconds
+    retry_max_delay: float = 300.0  # backoff ceiling
+    give_up_after: float = 86_400.0  # a notification is dropped (and logged) this old
+    max_pending: int = 100_000
+    rate_burst: int = 10  # per node: this many pushes at once ...
+    rate_interval: float = 2.0  # ... then one per interval (0 disables the limit)
+
+
+# -- loading -------------------------------------------------------------------------
+
+APP_TYPES = ("apns", "fcm", "console")
+
+
+@dataclass(slots=True)
+class XmppConfig:
+    mode: str  # "component" (XEP-0114) or "client"
+    jid: str
+    host: str
+    port: int
+    secret: str  # component secret, or the client account's password
+
+
+@dataclass(slots=True)
+class Config:
+    xmpp: XmppConfig
+    apps: list[AppConfig]
+    store: str
+    allowed_domains: list[str] | None
+    remote_disable: bool
+    delivery: DeliveryPolicy
+    log_level: str
+    source: Path | None = None
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{key}", "must be a table")
+    return value
+
+
+class _Section:
+    """Typed reads of one TOML table; every key read is remembered."""
+
+    def __init__(self, data: dict[str, Any], prefix: str, base: Path) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.base = base
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None,
+            required: bool = False) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)
+                                           and kind is not bool):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(
+                k.__name__ for k in kind)
+            raise ConfigError(self.key(name), f"must be a {names}, not {value!r}")
+        return value
+
+    def positive(self, name: str, default: float) -> float:
+        value = self.get(name, float, default)
+        if value < 0:
+            raise ConfigError(self.key(name), f"must not be negative, got {value}")
+        return float(value)
+
+    def path(self, name: str, must_exist: bool = True) -> str | None:
+        value = self.get(name, str)
+        if value is None:
+            return None
+        path = Path(value) if Path(value).is_absolute() else self.base / value
+        if must_exist and not path.is_file():
+            raise ConfigError(self.key(name), f"file {str(path)!r} does not exist")
+        return str(path)
+
+    def secret(self, name: str, required: bool = True) -> str | None:
+        """A secret from ``<name>_file`` or ``<name>_env``; inline values are refused."""
+        self.seen.update({name, f"{name}_file", f"{name}_env"})
+        if name in self.data:
+            raise ConfigError(self.key(name), f"inline secrets are not accepted: use "
+                              f"{self.key(name + '_file')} or {self.key(name + '_env')}")
+        file_key, env_key = f"{name}_file", f"{name}_env"
+        if file_key in self.data:
+            path = self.path(file_key)
+            assert path is not None
+            value = Path(path).read_text(encoding="utf-8").strip()
+            if not value:
+                raise ConfigError(self.key(file_key), f"file {path!r} is empty")
+            return value
+        if env_key in self.data:
+            variable = self.get(env_key, str)
+            value = os.environ.get(variable, "")
+            if not value:
+                raise ConfigError(self.key(env_key),
+                                  f"environment variable {variable!r} is not set")
+            return value
+        if required:
+            raise ConfigError(self.key(file_key), f"is required (or {self.key(env_key)})")
+        return None
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "is not a known key")
+
+
+def _read_xmpp(data: dict[str, Any], base: Path) -> XmppConfig:
+    section = _Section(_table(data, "xmpp", ""), "xmpp", base)
+    mode = section.get("mode", str, "component")
+    if mode not in ("component", "client"):
+        raise ConfigError("xmpp.mode", f"must be 'component' or 'client', not {mode!r}")
+    jid = section.get("jid", str, required=True)
+    host = section.get("host", str, "127.0.0.1")
+    port = section.get("port", int, 5347 if mode == "component" else 5222)
+    if not 0 < port < 65536:
+        raise ConfigError("xmpp.port", f"must be a TCP port, not {port}")
+    secret = section.secret("secret" if mode == "component" else "password")
+    assert secret is not None
+    section.finish()
+    return XmppConfig(mode=mode, jid=jid, host=host, port=port, secret=secret)
+
+
+def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
+    where = f"apps.{app_id}" if "." not in app_id else f'apps."{app_id}"'
+    if not isinstance(data, dict):
+        raise ConfigError(where, "must be a table")
+    section = _Section(data, where, base)
+    kind = section.get("type", str, required=True)
+    if kind not in APP_TYPES:
+        raise ConfigError(section.key("type"), f"must be one of {', '.join(APP_TYPES)}")
+    app = AppConfig(
+        id=app_id, type=kind,
+        include_body=section.get("include_body", bool, False),
+        timeout=section.positive("timeout", 10.0),
+        ttl=section.get("ttl", int, 604_800),
+        call_ttl=section.get("call_ttl", int, 30),
+        monal_modules=tuple(section.get("monal_modules", list, [])),
+        endpoint=section.get("endpoint", str),
+        ca_file=section.path("ca_file"),
+    )
+    if kind in ("apns", "console"):
+        app.topic = section.get("topic", str, "" if kind == "console" else None,
+                                required=kind == "apns")
+    if kind == "console":
+        app.format = section.get("format", str, "apns")
+        if app.format not in ("apns", "fcm"):
+            raise ConfigError(section.key("format"), "must be 'apns' or 'fcm'")
+    if kind == "apns":
+        environment = section.get("environment", str, "production")
+        if environment not in ("production", "sandbox"):
+            raise ConfigError(section.key("environment"), "must be 'production' or 'sandbox'")
+        app.sandbox = environment == "sandbox"
+        app.max_connections = section.get("max_connections", int, 4)
+        app.key_file = section.path("key_file")
+        app.cert_file = section.path("cert_file")
+        if app.key_file:
+            app.key_id = section.get("key_id", str, required=True)
+            app.team_id = section.get("team_id", str, required=True)
+        elif not app.cert_file:
+            raise ConfigError(section.key("key_file"),
+                              "an APNs app needs key_file (.p8 token auth) or cert_file")
+    if kind == "fcm":
+        app.service_account_file = section.path("service_account_file")
+        app.project_id = section.get("project_id", str)
+        app.android_channel = section.get("android_channel", str)
+        if not app.service_account_file:
+            raise ConfigError(section.key("service_account_file"), "is required for FCM")
+    section.finish()
+    return app
+
+
+def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
+    """Validate a parsed TOML document; raise :class:`ConfigError` naming the key."""
+    base = base or Path.cwd()
+    top = _Section(data, "", base)
+    for name in ("xmpp", "appserver", "delivery", "apps", "logging"):
+        top.seen.add(name)
+    top.finish()
+    xmpp = _read_xmpp(data, base)
+    server = _Section(_table(data, "appserver", ""), "appserver", base)
+    store = server.get("store", str, "slixmpp-push.json")
+    store = store if Path(store).is_absolute() else str(base / store)
+    allowed = server.get("allowed_domains", list)
+    if allowed is not None and not all(isinstance(d, str) and d for d in allowed):
+        raise ConfigError("appserver.allowed_domains", "must be a list of domain names")
+    remote_disable = server.get("remote_disable", bool, True)
+    server.finish()
+
+    section = _Section(_table(data, "delivery", ""), "delivery", base)
+    defaults = DeliveryPolicy()
+    policy = DeliveryPolicy(
+        reply_within=section.positive("reply_within", defaults.reply_within),
+        retry_base=section.positive("retry_base", defaults.retry_base),
+        retry_max_delay=section.positive("retry_max_delay", defaults.retry_max_delay),
+        give_up_after=section.positive("give_up_after", defaults.give_up_after),
+        max_pending=section.get("max_pending", int, defaults.max_pending),
+        rate_burst=section.get("rate_burst", int, defaults.rate_burst),
+        rate_interval=section.positive("rate_interval", defaults.rate_interval),
+    )
+    if policy.rate_burst < 1:
+        raise ConfigError("delivery.rate_burst", "must be at least 1")
+    section.finish()
+
+    apps_table = _table(data, "apps", "")
+    if not apps_table:
+        raise ConfigError("apps", "configure at least one app (type = \"console\" to try out)")
+    apps = [_read_app(app_id, app, base) for app_id, app in apps_table.items()]
+
+    logging_section = _Section(_table(data, "logging", ""), "logging", base)
+    level = logging_section.get("level", str, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("logging.level", "must be DEBUG, INFO, WARNING or ERROR")
+    logging_section.finish()
+    return Config(xmpp=xmpp, apps=apps, store=store, allowed_domains=allowed,
+                  remote_disable=remote_disable, delivery=policy, log_level=level)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(file), "file does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), f"is not valid TOML: {exc}") from None
+    config = parse_config(data, file.resolve().parent)
+    config.source = file
+    return config

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import AppConfig
+from ..config import DeliveryPolicy
 from ..errors import DeliveryResult, Outcome, StoreError
 from ..models import Dialect, Notification, Registration
 from ..payloads import build_request
@@ -45,17 +45,6 @@ class Submitted(str, enum.Enum):
 
 class QueueFull(Exception):
     """Too many notifications are pending: answer the publish with ``wait``."""
-
-
-@dataclass(slots=True)
-class DeliveryPolicy:
-    reply_within: float = 3.0  # seconds a publish waits for the provider before queueing
-    retry_base: float = 1.0  # first retry after ~this many seconds
-    retry_max_delay: float = 300.0  # backoff ceiling
-    give_up_after: float = 86_400.0  # a notification is dropped (and logged) this old
-    max_pending: int = 100_000
-    rate_burst: int = 10  # per node: this many pushes at once ...
-    rate_interval: float = 2.0  # ... then one per interval (0 disables the limit)
 
 
 @dataclass(slots=True)

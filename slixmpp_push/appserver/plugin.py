@@ -117,6 +117,9 @@ class PushAppServer(BasePlugin):
         if self._component:
             self.xmpp.add_filter("out", self._fix_error_namespace)
         self.xmpp.add_event_handler("session_start", self._on_session_start)
+        self._advertised = False
+        if self.xmpp.session_bind_event.is_set():
+            self._advertise()
 
     def plugin_end(self) -> None:
         self.xmpp.remove_handler("push_appserver publish")
@@ -129,8 +132,17 @@ class PushAppServer(BasePlugin):
             disco.del_feature(feature=feature)
         for command in COMMANDS:
             self.xmpp["xep_0050"].del_command(None, command.node)  # type: ignore[arg-type]
+        self._advertised = False
 
     def session_bind(self, jid: JID) -> None:
+        # slixmpp calls this before plugin_init when the stream is already bound.
+        if "app_index" in self.__dict__:
+            self._advertise()
+
+    def _advertise(self) -> None:
+        if self._advertised:
+            return
+        self._advertised = True
         disco = self.xmpp["xep_0030"]
         disco.add_identity(category="pubsub", itype="push", name="Push app server")
         for feature in self._features():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -88,9 +89,12 @@ class AtomicJSONStorage(Storage):
 class TinyDBStore(Store):
     """Registrations and the pending-notification queue in one TinyDB file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, compact_after: int = 20_000) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, compact_after: int = 20_000,
+                 read_only: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
+        self.read_only = read_only
+        self._lock: Any = None
         self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.compact_after = compact_after
         self._journal_lines = 0
@@ -106,6 +110,8 @@ class TinyDBStore(Store):
         loop = asyncio.get_running_loop()
         tables = await loop.run_in_executor(self._executor, self._load_sync)
         self._load_tables(tables)
+        if self.read_only:
+            return
         self._wakeup = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="push-store-writer")
 
@@ -118,11 +124,14 @@ class TinyDBStore(Store):
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the store folder {folder}: {exc}") from exc
-        for stray in folder.glob(TEMP_PREFIX + "*"):
-            stray.unlink(missing_ok=True)
+        if not self.read_only:
+            self._take_lock()
+            for stray in folder.glob(TEMP_PREFIX + "*"):
+                stray.unlink(missing_ok=True)
         tables: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in TABLES}
         if self.path.exists():
-            os.chmod(self.path, FILE_MODE)
+            if not self.read_only:
+                os.chmod(self.path, FILE_MODE)
             try:
                 with TinyDB(self.path, storage=AtomicJSONStorage) as db:
                     meta = db.table(META_TABLE).all()
@@ -139,6 +148,8 @@ class TinyDBStore(Store):
             except (ValueError, OSError) as exc:
                 raise StoreError(f"{self.path} is not a readable store: {exc}") from exc
         replayed = self._replay_journal(tables)
+        if self.read_only:
+            return tables
         self._journal = self._open_journal()
         self._journal_lines = replayed
         return tables
@@ -156,7 +167,7 @@ class TinyDBStore(Store):
             try:
                 table, key, doc = json.loads(line)
             except ValueError:
-                if number >= len(lines) - 1:
+                if number >= len(lines) - 1 and not self.read_only:
                     # The last line was torn by a crash: never acknowledged, drop it.
                     log.warning("store journal: ignoring a torn last entry")
                     self._truncate_journal_to(raw, line)
@@ -171,6 +182,17 @@ class TinyDBStore(Store):
             count += 1
         return count
 
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.path} is in use by another process "
+                             "(stop the running server first)") from None
+        self._lock = fd
+
     def _truncate_journal_to(self, raw: bytes, torn: bytes) -> None:
         keep = raw.rfind(torn)
         with open(self.journal_path, "r+b") as handle:
@@ -184,6 +206,8 @@ class TinyDBStore(Store):
 
     # -- writing ------------------------------------------------------------
     async def _persist(self, ops: list[Op]) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only")
         if self._closed or self._wakeup is None:
             raise StoreError("the store is closed")
         lines = [json.dumps(op, separators=(",", ":")).encode() + b"\n" for op in ops]
@@ -261,4 +285,7 @@ class TinyDBStore(Store):
             await self._compact()
         if self._journal is not None:
             self._journal.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
         self._executor.shutdown(wait=True)

@@ -1,0 +1,139 @@
+"""``slixmpp-push``: run and operate the push app server.
+
+    slixmpp-push serve --config FILE        run the app server
+    slixmpp-push check-config FILE          validate a config without connecting
+    slixmpp-push devices list --config FILE
+    slixmpp-push devices remove NODE --config FILE
+    slixmpp-push demo                       a self-contained demo on a private Prosody
+
+Exit status: 0 success, 1 failure at run time, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from .config import Config, load_config
+from .errors import ConfigError, MissingDependency, StoreError
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # slixmpp logs every stanza at DEBUG: keep ours readable unless asked.
+    if level != "DEBUG":
+        logging.getLogger("slixmpp").setLevel(logging.WARNING)
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .providers import create_provider
+
+    for app in config.apps:
+        create_provider(app)  # imports the SDKs each app needs
+    print(f"{args.config}: OK — {config.xmpp.mode} {config.xmpp.jid}, "
+          f"apps: {', '.join(f'{a.id} ({a.type})' for a in config.apps)}, store {config.store}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _setup_logging(args.log_level or config.log_level)
+    from .server import serve
+
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .store import TinyDBStore
+
+    async def run() -> int:
+        store = TinyDBStore(config.store, read_only=args.action == "list")
+        await store.open()
+        try:
+            if args.action == "list":
+                rows = sorted(store.registrations(), key=lambda r: (r.account, r.created))
+                for r in rows:
+                    token = r.token[:8] + "…"
+                    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated))
+                    print(f"{r.node}\t{r.account}\t{r.app}\t{r.dialect.value}\t{token}\t{when}")
+                print(f"{len(rows)} registration(s), {len(store.table('pending'))} pending",
+                      file=sys.stderr)
+                return 0
+            removed = await store.remove(args.node)
+            if removed is None:
+                print(f"no registration with node {args.node!r}", file=sys.stderr)
+                return EXIT_RUNTIME
+            await store.set_doc("pending", args.node, None)
+            print(f"removed {removed.node} of {removed.account}")
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(keep_running=args.keep_running))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slixmpp-push", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the app server")
+    serve.add_argument("--config", "-c", required=True)
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(run=cmd_serve)
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("config")
+    check.set_defaults(run=cmd_check_config)
+    devices = commands.add_parser("devices", help="list or remove registrations")
+    devices_actions = devices.add_subparsers(dest="action", required=True)
+    listing = devices_actions.add_parser("list")
+    listing.add_argument("--config", "-c", required=True)
+    remove = devices_actions.add_parser("remove")
+    remove.add_argument("node")
+    remove.add_argument("--config", "-c", required=True)
+    devices.set_defaults(run=cmd_devices)
+    demo = commands.add_parser("demo", help="run the self-contained demo")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep the demo servers up until Ctrl-C")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"slixmpp-push: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MissingDependency as exc:
+        print(f"slixmpp-push: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"slixmpp-push: store error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Run the app server from a :class:`~slixmpp_push.config.Config`.
+
+Builds the XMPP object (an XEP-0114 component or a client account), opens
+the store and the providers *before* connecting, so that a bad key or an
+unreadable store stops start-up with a clear message, then stays connected
+(reconnecting with backoff) until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from slixmpp import ClientXMPP, ComponentXMPP
+from slixmpp.basexmpp import BaseXMPP
+
+from .appserver import PushAppServer
+from .config import Config
+from .store import TinyDBStore
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MAX_DELAY = 30.0
+
+
+def build_xmpp(config: Config) -> BaseXMPP:
+    """The XMPP object with ``push_appserver`` registered from ``config``."""
+    import slixmpp_push  # noqa: F401  (registers the plugin)
+
+    xmpp: BaseXMPP
+    if config.xmpp.mode == "component":
+        xmpp = ComponentXMPP(config.xmpp.jid, config.xmpp.secret, config.xmpp.host,
+                             config.xmpp.port)
+    else:
+        xmpp = ClientXMPP(config.xmpp.jid, config.xmpp.secret)
+    for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199"):
+        xmpp.register_plugin(plugin)
+    xmpp.register_plugin("push_appserver", {
+        "apps": config.apps,
+        "store": TinyDBStore(config.store),
+        "allowed_domains": config.allowed_domains,
+        "delivery": config.delivery,
+        "remote_disable": config.remote_disable,
+    })
+    return xmpp
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Run until a signal (or cancellation); pending notifications stay stored."""
+    xmpp = build_xmpp(config)
+    appserver: PushAppServer = xmpp.plugin["push_appserver"]
+    await appserver.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    connected = asyncio.Event()
+    xmpp.add_event_handler("session_start", lambda _: connected.set())
+    xmpp.add_event_handler("disconnected", lambda _: connected.clear())
+
+    async def stay_connected() -> None:
+        delay = 1.0
+        while not stopping.is_set():
+            log.info("connecting to %s:%s as %s", config.xmpp.host, config.xmpp.port,
+                     config.xmpp.jid)
+            if config.xmpp.mode == "component":
+                xmpp.connect()
+            else:
+                xmpp.connect(config.xmpp.host, config.xmpp.port)
+            disconnected = xmpp.wait_until("disconnected")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connected.wait()), timeout=10)
+            if connected.is_set():
+                delay = 1.0
+                if ready is not None:
+                    ready.set()
+            with contextlib.suppress(Exception):
+                await disconnected
+            if stopping.is_set():
+                return
+            log.warning("disconnected; reconnecting in %.0f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    keeper = asyncio.ensure_future(stay_connected())
+    try:
+        await stopping.wait()
+    finally:
+        log.info("stopping")
+        stopping.set()
+        await appserver.stop()
+        with contextlib.suppress(Exception):
+            await xmpp.disconnect(wait=1.0)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await keeper

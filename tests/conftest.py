@@ -1,0 +1,37 @@
+"""Shared fixtures: real XMPP servers (tests/servers.py) and fake providers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from fakes.fake_apns import FakeApns
+from fakes.tls import TestCA
+from servers import ejabberd_server, prosody_server, xmpp, xmpp_server  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest_asyncio.fixture
+async def fake_apns(test_ca: TestCA) -> AsyncIterator[FakeApns]:
+    async with FakeApns(test_ca, verify_client=False) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def apns_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway ES256 (.p8) signing key, as Apple issues them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path_factory.mktemp("keys") / "AuthKey_TESTKEY123.p8"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path

@@ -23,5 +23,5 @@ _register_plugin(PushAppServer)
 __all__ = [
     "AppConfig", "ConfigError", "DeliveryPolicy", "DeliveryResult", "Dialect", "MemoryStore",
     "MissingDependency", "Notification", "Outcome", "Priority", "PushAppServer", "PushError",
-    "Registration", "Store", "Submitted", "TinyDBStore", "__version__",
+    "Registration", "Store", "StoreError", "Submitted", "TinyDBStore", "__version__",
 ]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slixmpp import ClientXMPP
+from slixmpp import JID, ClientXMPP
 
 from .config import AppConfig, Config, DeliveryPolicy, XmppConfig
 from .devserver import ComponentSpec, DevServerError, ProsodyServer
@@ -44,7 +44,8 @@ class _ShowingConsole(ConsoleProvider):
 
     async def send(self, request: PushRequest) -> Any:
         result = await super().send(request)
-        line = self.stream.getvalue().strip().splitlines()[-1]  # type: ignore[attr-defined]
+        assert isinstance(self.stream, io.StringIO)
+        line = self.stream.getvalue().strip().splitlines()[-1]
         print(f"      {line}", flush=True)
         self._sent.put_nowait((time.perf_counter(), request))
         return result
@@ -58,12 +59,17 @@ async def _client(server: ProsodyServer, jid: str, password: str) -> ClientXMPP:
     client.enable_plaintext = True
     for plugin in ("xep_0030", "xep_0004", "xep_0050"):
         client.register_plugin(plugin)
-    started = asyncio.get_running_loop().create_future()
-    client.add_event_handler("session_start", lambda _: started.done() or started.set_result(1))
-    client.add_event_handler("failed_auth", lambda _: started.done() or started.set_exception(
-        RuntimeError(f"{jid}: authentication failed")))
+    started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(ok: bool) -> None:
+        if not started.done():
+            started.set_result(ok)
+
+    client.add_event_handler("session_start", lambda _: settle(True))
+    client.add_event_handler("failed_auth", lambda _: settle(False))
     client.connect(*server.c2s_address)
-    await asyncio.wait_for(started, 10)
+    if not await asyncio.wait_for(started, 10):
+        raise RuntimeError(f"{jid}: authentication failed")
     return client
 
 
@@ -121,21 +127,10 @@ async def run_demo(keep_running: bool = False) -> int:
         ready = asyncio.Event()
         say("2/6", f"starting the app server {component.jid} (console provider, "
                    f"store {folder / 'store.json'})")
-        import slixmpp_push.server as server_module
-
-        original = server_module.build_xmpp
-
-        def build_with_console(cfg: Config) -> Any:
-            xmpp = original(cfg)
-            plugin = xmpp.plugin["push_appserver"]
-            plugin.providers[APP_ID] = _ShowingConsole(app, sent)
-            plugin.delivery.providers = plugin.providers
-            return xmpp
-
-        server_module.build_xmpp = build_with_console
-        tasks.append(asyncio.ensure_future(serve(config, ready=ready)))
+        console = _ShowingConsole(app, sent)
+        tasks.append(asyncio.ensure_future(serve(config, ready=ready,
+                                                 providers={APP_ID: console})))
         await asyncio.wait_for(ready.wait(), 15)
-        server_module.build_xmpp = original
 
         alice = await _client(prosody, "alice@localhost", "alice-pw")
         clients.append(alice)
@@ -152,7 +147,7 @@ async def run_demo(keep_running: bool = False) -> int:
         clients.append(bob)
         say("5/6", "bob sends alice a message while her phone sleeps")
         began = time.perf_counter()
-        bob.send_message(mto="alice@localhost", mbody="Are you on call tonight?", mtype="chat")
+        bob.send_message(mto=JID("alice@localhost"), mbody="Are you on call tonight?", mtype="chat")
         say("6/6", "the app server dispatches the push (console provider, as Apple would get it):")
         at, request = await asyncio.wait_for(sent.get(), 15)
         print(f"\nDemo complete: message sent → push dispatched in {(at - began) * 1000:.1f} ms "
@@ -163,7 +158,7 @@ async def run_demo(keep_running: bool = False) -> int:
             print("Servers keep running; Ctrl-C to stop.", flush=True)
             await asyncio.Event().wait()
         return 0
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         print("slixmpp-push demo: timed out; Prosody's log:\n" + prosody.describe_logs(),
               file=sys.stderr)
         return 1

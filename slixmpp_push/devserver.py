@@ -49,7 +49,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -477,21 +477,42 @@ class DevServer(abc.ABC):
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
-            if not await self._wait_exit(proc, self.stop_timeout):
+            if not await self._wait_exit(proc, self.stop_timeout, self._done_stopping):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 await self._wait_exit(proc, 5.0)
         self._kill_group(proc.pid)
         _RUNNING.discard(self)
 
+    def _done_stopping(self) -> bool:
+        """After SIGTERM: has the server finished all that matters? (polled)
+
+        True lets stop() SIGKILL the process instead of waiting for it to exit.
+        """
+        return False
+
     @staticmethod
-    async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    async def _wait_exit(
+        proc: subprocess.Popen[bytes],
+        timeout: float,
+        done: Callable[[], bool] | None = None,
+    ) -> bool:
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or (done is not None and done()):
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    def _log_end(self, size: int = 4096) -> str:
+        """The last ``size`` bytes of the log (cheap to poll)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - size))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     @staticmethod
     def _kill_group(pgid: int) -> None:
@@ -590,9 +611,11 @@ class ProsodyServer(DevServer):
     ``push_notification_with_body`` / ``push_notification_with_sender``
     (send the real body / sender instead of a placeholder),
     ``smacks_hibernation_time`` (seconds a stream-management session waits
-    to be resumed; short values let a test watch a hibernated session
-    expire), ``extra_modules`` and ``extra_config`` (raw Lua lines appended
-    to the global section).
+    to be resumed) and ``push_max_hibernation_timeout`` (mod_cloud_notify
+    replaces the former by this, 72 h by default, for a session that enabled
+    push: a test that wants such a session to expire needs both short),
+    ``extra_modules`` and ``extra_config`` (raw Lua lines appended to the
+    global section).
     """
 
     name = "Prosody"
@@ -622,6 +645,7 @@ class ProsodyServer(DevServer):
         push_notification_with_body: bool = False,
         push_notification_with_sender: bool = False,
         smacks_hibernation_time: int | None = None,
+        push_max_hibernation_timeout: int | None = None,
         extra_modules: Iterable[str] = (),
         extra_config: Iterable[str] = (),
         **common: Any,
@@ -631,6 +655,7 @@ class ProsodyServer(DevServer):
         self.push_notification_with_body = push_notification_with_body
         self.push_notification_with_sender = push_notification_with_sender
         self.smacks_hibernation_time = smacks_hibernation_time
+        self.push_max_hibernation_timeout = push_max_hibernation_timeout
         self.extra_modules = tuple(extra_modules)
         self.extra_config = tuple(extra_config)
 
@@ -689,6 +714,8 @@ class ProsodyServer(DevServer):
         settings.append(("push_notification_with_sender", self.push_notification_with_sender))
         if self.smacks_hibernation_time is not None:
             settings.append(("smacks_hibernation_time", self.smacks_hibernation_time))
+        if self.push_max_hibernation_timeout is not None:
+            settings.append(("push_max_hibernation_timeout", self.push_max_hibernation_timeout))
         lines = ["-- written by slixmpp_push.devserver; private instance, loopback only"]
         lines += [f"{key} = {_lua(value)}" for key, value in settings]
         level = {"warning": "warn"}.get(self.log_level, self.log_level)
@@ -930,6 +957,12 @@ class EjabberdServer(DevServer):
             }
         )
         return env
+
+    def _done_stopping(self) -> bool:
+        # After SIGTERM ejabberd has stopped in ~20 ms, but the Erlang VM's
+        # init:stop() takes another second to exit. In a temporary folder
+        # that is deleted next, nothing is lost by not waiting for it.
+        return self._given_workdir is None and "is stopped in the node" in self._log_end()
 
     async def _serving(self) -> bool:
         # ejabberd binds its ports early in its start-up but accepts

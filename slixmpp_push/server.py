@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp.basexmpp import BaseXMPP
 
 from .appserver import PushAppServer
 from .config import Config
+from .providers import Provider
 from .store import TinyDBStore
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,11 @@ log = logging.getLogger(__name__)
 RECONNECT_MAX_DELAY = 30.0
 
 
-def build_xmpp(config: Config) -> BaseXMPP:
-    """The XMPP object with ``push_appserver`` registered from ``config``."""
+def build_xmpp(config: Config, providers: dict[str, Provider] | None = None) -> BaseXMPP:
+    """The XMPP object with ``push_appserver`` registered from ``config``.
+
+    ``providers`` replaces the providers of some apps (the demo shows its pushes).
+    """
     import slixmpp_push  # noqa: F401  (registers the plugin)
 
     xmpp: BaseXMPP
@@ -43,14 +48,17 @@ def build_xmpp(config: Config) -> BaseXMPP:
         "allowed_domains": config.allowed_domains,
         "delivery": config.delivery,
         "remote_disable": config.remote_disable,
+        "providers": providers,
     })
     return xmpp
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+async def serve(config: Config, ready: asyncio.Event | None = None,
+                providers: dict[str, Provider] | None = None) -> None:
     """Run until a signal (or cancellation); pending notifications stay stored."""
-    xmpp = build_xmpp(config)
-    appserver: PushAppServer = xmpp.plugin["push_appserver"]
+    xmpp = build_xmpp(config, providers)
+    plugins: Any = xmpp.plugin  # slixmpp types only its own plugin names
+    appserver: PushAppServer = plugins["push_appserver"]
     await appserver.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

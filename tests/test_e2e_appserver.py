@@ -10,18 +10,17 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 from e2e import (
     APNS_APP,
     KEY_ID,
     MONAL_MODULE,
     TEAM_ID,
     TOPIC,
+    apns_app,
     enable,
     execute,
     running_appserver,
     send_chat,
-    apns_app,
 )
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
@@ -167,7 +166,7 @@ async def test_outage_keeps_registration_and_delivers_the_latest(
     token = "ee55" * 16
     app = apns_app(fake_apns.endpoint, test_ca, apns_key)
     async with running_appserver(xmpp, xmpp_server, [app], tmp_path / "s.json") as server:
-        alice, bob, node = await _registered_offline(xmpp, xmpp_server, server.jid, token)
+        alice, bob, _node = await _registered_offline(xmpp, xmpp_server, server.jid, token)
         fake_apns.set_outage(503, "ServiceUnavailable")
         await send_chat(xmpp, xmpp_server, bob, alice, "during the outage", count=22)
         published = await server.wait_published(22, timeout=20)
@@ -199,7 +198,7 @@ async def test_wait_errors_are_understood_by_prosody(
     token = "ff66" * 16
     app = apns_app(fake_apns.endpoint, test_ca, apns_key)
     async with running_appserver(xmpp, prosody_server, [app], tmp_path / "s.json") as server:
-        alice, bob, node = await _registered_offline(xmpp, prosody_server, server.jid, token)
+        alice, bob, _node = await _registered_offline(xmpp, prosody_server, server.jid, token)
         fake_apns.responses[token] = (400, "BadTopic")  # our fault: answered wait
         sender = await send_chat(xmpp, prosody_server, bob, alice, "refused 0")
         for i in range(1, 21):

@@ -377,7 +377,8 @@ class TestAppServerStream(SlixTest):
             publish(
                 node,
                 extra=(
-                    "<encrypted xmlns='tigase:push:encrypt:0' iv='SVY=' type='voip'>QkxPQg==</encrypted>"
+                    "<encrypted xmlns='tigase:push:encrypt:0' iv='SVY=' type='voip'>"
+                    "QkxPQg==</encrypted>"
                     "<jingle xmlns='tigase:push:jingle:0' action='propose' sid='s1'>"
                     "<media>audio</media></jingle>"
                 ),

@@ -99,6 +99,11 @@ def _log_failure(task: asyncio.Task[DeliveryResult]) -> None:
         log.error("delivery failed: %s", task.exception())
 
 
+def _log_store_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("cannot clear a pending notification: %s", future.exception())
+
+
 DeadTokenHandler = Callable[[Registration, DeliveryResult], Awaitable[None]]
 
 
@@ -322,7 +327,9 @@ class Delivery:
         if registration.dialect is not Dialect.MONAL:  # stateless: nothing stored
             current = self.store.get(node)
             if current is None:  # unregistered meanwhile
-                asyncio.ensure_future(self._forget(node))
+                self._pending.pop(node, None)
+                forget = asyncio.ensure_future(self.store.set_doc(PENDING, node, None))
+                forget.add_done_callback(_log_store_failure)
                 return
             registration = current
         wait = self.limiter.take(node, time.time())

@@ -131,7 +131,7 @@ class PushAppServer(BasePlugin):
         for feature in self._features():
             disco.del_feature(feature=feature)
         for command in COMMANDS:
-            self.xmpp["xep_0050"].del_command(None, command.node)  # type: ignore[arg-type]
+            self.xmpp["xep_0050"].del_command(None, command.node)
         self._advertised = False
 
     def session_bind(self, jid: JID) -> None:
@@ -270,7 +270,7 @@ class PushAppServer(BasePlugin):
         asyncio.get_running_loop().call_later(1.0, sessions.pop, session["id"], None)
 
     # -- the publish hot path ------------------------------------------------------------
-    async def _on_publish(self, iq: Iq) -> None:
+    async def _on_publish(self, iq: StanzaBase) -> None:
         began = time.perf_counter()
         xml = iq.xml
         publisher = xml.get("from", "")

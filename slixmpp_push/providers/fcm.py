@@ -160,7 +160,7 @@ class _TokenSource:
         """After a 401: get a new token. False if that failed (the 401 then stands)."""
         try:
             await asyncio.shield(self._refresh())
-        except Exception as exc:  # noqa: BLE001 - any refresh failure leaves the 401 as answer
+        except Exception as exc:
             log.warning("FCM: access token refresh failed: %s", type(exc).__name__)
             return False
         return True
@@ -205,7 +205,7 @@ class _Transport:
         headers = {**self.extra_headers, **(kwargs.pop("headers", None) or {})}
         try:
             await self.tokens.ensure_fresh()
-        except Exception as exc:  # noqa: BLE001 - send with what we have; FCM answers 401
+        except Exception as exc:
             log.warning("FCM: access token refresh failed: %s", type(exc).__name__)
         sent_with = self.tokens.headers()
         response = await self.client.request(
@@ -215,11 +215,14 @@ class _Transport:
         # refresh, unless another request already replaced the token). FCM's
         # THIRD_PARTY_AUTH_ERROR is also a 401, but about the project's APNs/web
         # push credentials: a new token would not help.
-        if response.status_code == 401 and _fcm_error_code(response) is None:
-            if self.tokens.headers() != sent_with or await self.tokens.force_refresh():
-                response = await self.client.request(
-                    method, url, headers={**headers, **self.tokens.headers()}, **kwargs
-                )
+        if (
+            response.status_code == 401
+            and _fcm_error_code(response) is None
+            and (self.tokens.headers() != sent_with or await self.tokens.force_refresh())
+        ):
+            response = await self.client.request(
+                method, url, headers={**headers, **self.tokens.headers()}, **kwargs
+            )
         return response.raise_for_status()
 
     async def aclose(self) -> None:
@@ -302,6 +305,12 @@ class FcmProvider(Provider):
 
     # -- lifecycle -----------------------------------------------------------
 
+    def _key(self, name: str) -> str:
+        """Dotted config key of this app's ``name`` setting, spelled as config.py does."""
+        app_id = self.app.id
+        where = f"apps.{app_id}" if "." not in app_id else f'apps."{app_id}"'
+        return f"{where}.{name}"
+
     def _import_sdk(self) -> tuple[Any, Any, Any, Any]:
         """Import firebase-admin and friends, or say which extra is missing."""
         try:
@@ -330,7 +339,14 @@ class FcmProvider(Provider):
         return firebase_admin, messaging, exceptions, (httpx, google.auth.transport.requests)
 
     async def start(self) -> None:
-        """Create this provider's firebase App and install the transport."""
+        """Create this provider's firebase App and install the transport.
+
+        Blocking work (reading the key file, building the SDK's clients) runs
+        in worker threads, so starting an FCM app never stalls live streams.
+        Raises :class:`MissingDependency` without firebase-admin and
+        :class:`ConfigError` for a missing/unreadable key file or project id.
+        An unreachable token endpoint is only logged: sends come back RETRY.
+        """
         if self._started:
             return
         firebase_admin, messaging, exceptions, (httpx, g_requests) = self._import_sdk()
@@ -338,7 +354,7 @@ class FcmProvider(Provider):
         credential = self._credential_in
         if credential is None:
             if not app.service_account_file:
-                raise ConfigError(f"apps.{app.id}.service_account_file", "required for an FCM app")
+                raise ConfigError(self._key("service_account_file"), "required for an FCM app")
             from firebase_admin import credentials as fb_credentials
 
             try:
@@ -347,7 +363,7 @@ class FcmProvider(Provider):
                 )
             except (OSError, ValueError) as exc:
                 raise ConfigError(
-                    f"apps.{app.id}.service_account_file",
+                    self._key("service_account_file"),
                     f"cannot load the service account ({type(exc).__name__}: {str(exc)[:200]})",
                 ) from exc
         google_cred = (
@@ -359,52 +375,55 @@ class FcmProvider(Provider):
             or getattr(google_cred, "project_id", None)
         )
         if not project:
-            raise ConfigError(
-                f"apps.{app.id}.project_id", "required: the credential names no project"
-            )
+            raise ConfigError(self._key("project_id"), "required: the credential names no project")
         self.project_id = project
 
-        ctx = ssl.create_default_context(cafile=app.ca_file) if app.ca_file else None
-        client = httpx.AsyncClient(
-            http2=True,
-            verify=ctx if ctx is not None else True,
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(keepalive_expiry=self.KEEPALIVE),
-        )
+        def build() -> tuple[Any, Any, Any]:
+            """The blocking part (~0.1 s: certificate stores loaded for the SDK's
+            own httpx clients and ours), run in a worker thread."""
+            ctx = ssl.create_default_context(cafile=app.ca_file) if app.ca_file else None
+            client = httpx.AsyncClient(
+                http2=True,
+                verify=ctx if ctx is not None else True,
+                timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(keepalive_expiry=self.KEEPALIVE),
+            )
+            fb_app = firebase_admin.initialize_app(
+                credential,
+                {"projectId": project, "httpTimeout": self.timeout},
+                name=f"slixmpp-push:{app.id}:{next(_app_names)}",
+            )
+            try:
+                service = messaging._get_messaging_service(fb_app)
+                for attr in ("_async_client", "_fcm_url"):
+                    if not hasattr(service, attr):
+                        raise PushError(
+                            f"FCM app {app.id!r}: firebase-admin {firebase_admin.__version__} "
+                            f"has no messaging service attribute {attr}; use firebase-admin 7.x"
+                        )
+            except BaseException:
+                # No loop runs in this thread, so delete_app's asyncio.run works here.
+                firebase_admin.delete_app(fb_app)
+                raise
+            return client, fb_app, service
+
+        client, fb_app, service = await asyncio.to_thread(build)
         self._tokens = _TokenSource(google_cred, g_requests.Request())
         metrics = {"x-goog-api-client": f"fire-admin/{firebase_admin.__version__} slixmpp-push"}
         transport = _Transport(client, self._tokens, metrics)
-
-        fb_app = firebase_admin.initialize_app(
-            credential,
-            {"projectId": project, "httpTimeout": self.timeout},
-            name=f"slixmpp-push:{app.id}:{next(_app_names)}",
-        )
-        service = None
+        original = service._async_client
+        service._async_client = transport
+        service._fcm_url = f"{self.base_url}/v1/projects/{project}/messages:send"
         try:
-            service = messaging._get_messaging_service(fb_app)
-            for attr in ("_async_client", "_fcm_url"):
-                if not hasattr(service, attr):
-                    raise PushError(
-                        f"FCM app {app.id!r}: firebase-admin {firebase_admin.__version__} "
-                        f"has no messaging service attribute {attr}; use firebase-admin 7.x"
-                    )
-            original = service._async_client
-            service._async_client = transport
-            service._fcm_url = f"{self.base_url}/v1/projects/{project}/messages:send"
-            await original.aclose()  # never used; closed here, inside the loop
-        except BaseException:
-            await client.aclose()
-            if service is not None:
-                service._async_client = _ClosedTransport()
-            await asyncio.to_thread(firebase_admin.delete_app, fb_app)
-            raise
+            await original.aclose()  # the SDK's client, never used: closed inside the loop
+        except Exception:
+            log.debug("FCM app %r: closing the SDK's unused client failed", app.id)
         self._fb_app, self._service, self._transport = fb_app, service, transport
         self._messaging, self._exceptions = messaging, exceptions
         self._started = True
         try:  # fail early on bad credentials, but do not refuse to start when offline
             await self._tokens.ensure_fresh()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning(
                 "FCM app %r: no access token yet (%s); will retry on send",
                 app.id,
@@ -519,7 +538,7 @@ class FcmProvider(Provider):
         assert self._tokens is not None
         try:
             await self._tokens.ensure_fresh()
-        except Exception as exc:  # noqa: BLE001 - classified, never raised
+        except Exception as exc:
             result = self._auth_failure(exc)
             for i, _ in pending:
                 results[i] = result

@@ -17,7 +17,20 @@ from .stanza import (
 )
 
 __all__ = [
-    "NS", "PUBLISH_OPTIONS_FORM_TYPE", "PUBLISH_OPTIONS_FORM_TYPES", "SUMMARY_FORM_TYPE",
-    "Disable", "Enable", "Encrypted", "EncryptRequest", "MalformedPublish", "Notification",
-    "Publish", "PushJingle", "PushPriority", "form_values", "parse_publish", "register_stanzas",
+    "NS",
+    "PUBLISH_OPTIONS_FORM_TYPE",
+    "PUBLISH_OPTIONS_FORM_TYPES",
+    "SUMMARY_FORM_TYPE",
+    "Disable",
+    "Enable",
+    "EncryptRequest",
+    "Encrypted",
+    "MalformedPublish",
+    "Notification",
+    "Publish",
+    "PushJingle",
+    "PushPriority",
+    "form_values",
+    "parse_publish",
+    "register_stanzas",
 ]

@@ -6,6 +6,8 @@ Declarative only; parsing for the publish hot path lives in
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from slixmpp import Iq, Message
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.plugins.xep_0060.stanza.pubsub import Item, Pubsub
@@ -51,7 +53,7 @@ class Notification(ElementBase):
     name = "notification"
     namespace = NS
     plugin_attrib = "push_notification"
-    interfaces: set[str] = set()
+    interfaces: ClassVar[set[str]] = set()
 
 
 class EncryptRequest(ElementBase):
@@ -104,7 +106,7 @@ class Encrypted(ElementBase):
 
 
 class PushPriority(ElementBase):
-    """``<priority/>`` in enable (feature request); ``<priority>high|low</priority>`` in a publish."""
+    """``<priority/>`` in enable asks for it; ``<priority>high|low</priority>`` in a publish."""
 
     name = "priority"
     namespace = NS_PRIORITY
@@ -136,7 +138,7 @@ class JingleMedia(ElementBase):
 
 
 class PushJingle(ElementBase):
-    """``<jingle/>`` in enable; ``<jingle action sid><media>audio</media></jingle>`` in a publish."""
+    """``<jingle/>`` in enable; ``<jingle action sid><media>…</media></jingle>`` in a publish."""
 
     name = "jingle"
     namespace = NS_JINGLE
@@ -167,7 +169,7 @@ class MutedFilter(ElementBase):
     name = "muted"
     namespace = NS_FILTER_MUTED
     plugin_attrib = "muted_filter"
-    interfaces: set[str] = set()
+    interfaces: ClassVar[set[str]] = set()
 
 
 class IgnoreUnknownFilter(ElementBase):
@@ -176,7 +178,7 @@ class IgnoreUnknownFilter(ElementBase):
     name = "ignore-unknown"
     namespace = NS_FILTER_IGNORE_UNKNOWN
     plugin_attrib = "ignore_unknown_filter"
-    interfaces: set[str] = set()
+    interfaces: ClassVar[set[str]] = set()
 
 
 class RemoteDisable(ElementBase):

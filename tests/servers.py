@@ -1,0 +1,335 @@
+"""Pytest fixtures and helpers for tests against real Prosody / ejabberd.
+
+Servers (see :mod:`slixmpp_push.devserver`): one Prosody and one ejabberd per
+test session, started on first use, stopped at the end of the session. Each
+has the virtual host ``localhost``, c2s on plain TCP and the component
+``push.localhost`` (``server.component.jid`` / ``.secret``).
+
+Fixtures
+    ``prosody_server``  session-scoped :class:`~slixmpp_push.devserver.ProsodyServer`
+    ``ejabberd_server`` session-scoped :class:`~slixmpp_push.devserver.EjabberdServer`
+    ``xmpp_server``     parametrised over both: a test using it runs once per server
+    ``xmpp``            function-scoped :class:`Connections`: connects clients and
+                        components in the test's event loop and disconnects them
+                        all after the test
+
+Helpers
+    ``unique_user(prefix)``                   a user name no other test uses
+    ``await make_account(server, prefix)``    a new account -> :class:`Account`
+    ``await connect_client(server, account)`` a logged-in ``ClientXMPP``
+    ``await connect_component(server)``       a ``ComponentXMPP`` with its handshake done
+    ``await disconnect(xmpp)``
+
+Using them: ``tests/conftest.py`` imports the fixtures (pytest finds fixtures
+in a conftest by name)::
+
+    from servers import ejabberd_server, prosody_server, xmpp, xmpp_server  # noqa: F401
+
+(``tests/`` has no ``__init__.py``, so pytest puts ``tests/`` on ``sys.path``
+and the module is ``servers``; with an ``__init__.py`` it would be
+``tests.servers``). A test module may import them too: the servers are
+shared through a reference count, so importing the fixtures in several places
+still starts one server of each kind per session. A test::
+
+    async def test_offline_push(prosody_server, xmpp):
+        alice = await make_account(prosody_server, "alice")
+        client = await xmpp.client(prosody_server, alice)
+        push = await xmpp.component(prosody_server)
+        ...
+
+Event loops (pytest-asyncio 1.x, ``asyncio_mode = "auto"``): the server
+fixtures are *synchronous* session fixtures. A DevServer keeps no asyncio
+object between calls (the process is a ``subprocess.Popen``), so the fixture
+starts and stops it in a private, short-lived event loop, and every test keeps
+its own function-scoped loop: no ``loop_scope`` marks, no session loop, and
+tests using a server mix freely with other async tests. What must live in the
+test's loop (slixmpp objects bind to the loop current when created) is made
+inside the test, by the ``xmpp`` fixture or the helpers.
+
+When a server is not installed its fixtures skip the test, naming the Debian
+package; when the environment variable ``CI`` is set they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+import pytest_asyncio
+from slixmpp import ClientXMPP, ComponentXMPP
+
+from slixmpp_push.devserver import (
+    ComponentSpec,
+    DevServer,
+    EjabberdServer,
+    ProsodyServer,
+)
+
+__all__ = [
+    "Account",
+    "Connections",
+    "XmppConnectError",
+    "connect_client",
+    "connect_component",
+    "disconnect",
+    "ejabberd_server",
+    "make_account",
+    "prosody_server",
+    "unique_user",
+    "xmpp",
+    "xmpp_server",
+]
+
+T = TypeVar("T")
+
+SERVER_CLASSES: dict[str, type[DevServer]] = {
+    "prosody": ProsodyServer,
+    "ejabberd": EjabberdServer,
+}
+
+# ------------------------------------------------------------------ servers
+
+_shared: dict[str, DevServer] = {}
+_users: dict[str, int] = {}
+
+
+def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion in a private event loop (no loop may be running)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coro.close()
+        raise RuntimeError(
+            "a dev server fixture was set up from inside a running event loop "
+            "(request.getfixturevalue in an async test?): request it as a parameter"
+        )
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def _session_server(kind: str) -> Iterator[DevServer]:
+    cls = SERVER_CLASSES[kind]
+    reason = cls.unavailable_reason()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    if kind not in _shared:
+        server = cls()
+        _run_blocking(server.start())
+        _shared[kind] = server
+    _users[kind] = _users.get(kind, 0) + 1
+    try:
+        yield _shared[kind]
+    finally:
+        _users[kind] -= 1
+        if _users[kind] == 0:
+            _run_blocking(_shared.pop(kind).stop())
+
+
+@pytest.fixture(scope="session")
+def prosody_server() -> Iterator[ProsodyServer]:
+    """Prosody 0.12 + mod_cloud_notify for the whole session."""
+    for server in _session_server("prosody"):
+        assert isinstance(server, ProsodyServer)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ejabberd_server() -> Iterator[EjabberdServer]:
+    """ejabberd 23.01 + mod_push for the whole session."""
+    for server in _session_server("ejabberd"):
+        assert isinstance(server, EjabberdServer)
+        yield server
+
+
+@pytest.fixture(params=sorted(SERVER_CLASSES))
+def xmpp_server(request: pytest.FixtureRequest) -> DevServer:
+    """Each server in turn (the test runs once with Prosody, once with ejabberd)."""
+    server = request.getfixturevalue(f"{request.param}_server")
+    assert isinstance(server, DevServer)
+    return server
+
+
+# ----------------------------------------------------------------- accounts
+
+_counter = itertools.count(1)
+
+
+def unique_user(prefix: str = "user") -> str:
+    """A lowercase user name that no other test of this run uses."""
+    return f"{prefix.lower()}{next(_counter)}x{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Account:
+    jid: str
+    password: str
+
+
+async def make_account(server: DevServer, prefix: str = "user") -> Account:
+    """Register a fresh account on ``server``."""
+    password = secrets.token_urlsafe(12)
+    jid = await server.register(unique_user(prefix), password)
+    return Account(jid, password)
+
+
+# --------------------------------------------------------------- connecting
+
+
+class XmppConnectError(Exception):
+    """A client or component could not connect or authenticate."""
+
+
+_FAILURE_EVENTS = ("failed_auth", "no_auth", "connection_failed", "stream_error", "disconnected")
+
+
+async def _connect(
+    xmpp: ClientXMPP | ComponentXMPP, address: tuple[str, int], timeout: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[None] = loop.create_future()
+
+    def started(_: Any) -> None:
+        if not outcome.done():
+            outcome.set_result(None)
+
+    def failer(event: str) -> Any:
+        def failed(data: Any) -> None:
+            if not outcome.done():
+                outcome.set_exception(XmppConnectError(f"{xmpp.boundjid}: {event}: {data}"))
+
+        return failed
+
+    handlers = [("session_start", started)] + [(e, failer(e)) for e in _FAILURE_EVENTS]
+    for event, handler in handlers:
+        xmpp.add_event_handler(event, handler)
+    try:
+        xmpp.connect(*address)
+        await asyncio.wait_for(outcome, timeout)
+    except BaseException as exc:
+        xmpp.cancel_connection_attempt()
+        xmpp.abort()
+        if isinstance(exc, asyncio.TimeoutError):
+            raise XmppConnectError(
+                f"{xmpp.boundjid}: no session within {timeout} s at {address}"
+            ) from None
+        raise
+    finally:
+        for event, handler in handlers:
+            xmpp.del_event_handler(event, handler)
+
+
+async def connect_client(
+    server: DevServer,
+    account: Account,
+    *,
+    resource: str = "test",
+    plugins: Sequence[str] = ("xep_0030",),
+    plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
+    timeout: float = 10.0,
+) -> ClientXMPP:
+    """A ``ClientXMPP`` logged in to ``server`` over plain TCP, after ``session_start``.
+
+    With ``xep_0198`` among the plugins it also waits until stream management
+    is enabled (resumable: ``client.plugin["xep_0198"].sm_id`` is set). Sends
+    no presence (the caller decides whether the account looks online).
+    """
+    config: dict[str, dict[str, Any]] = {
+        "feature_mechanisms": {"unencrypted_plain": True, "unencrypted_scram": True}
+    }
+    for name, options in (plugin_config or {}).items():
+        config.setdefault(name, {}).update(options)
+    client = ClientXMPP(f"{account.jid}/{resource}", account.password, plugin_config=config)
+    # No TLS in the dev servers: connect the plain way only (no xmpps attempt).
+    client.enable_direct_tls = False
+    client.enable_starttls = False
+    client.enable_plaintext = True
+    for plugin in plugins:
+        client.register_plugin(plugin)
+    await _connect(client, server.c2s_address, timeout)
+    if "xep_0198" in plugins and not client.plugin["xep_0198"].enabled_in:
+        # session_start comes before the server's <enabled/>: wait for it, so
+        # that the session is resumable (sm_id set) when this returns.
+        try:
+            await client.wait_until("sm_enabled", timeout)
+        except TimeoutError:
+            client.abort()
+            raise XmppConnectError(f"{client.boundjid}: stream management not enabled") from None
+    return client
+
+
+async def connect_component(
+    server: DevServer,
+    spec: ComponentSpec | None = None,
+    *,
+    plugins: Sequence[str] = ("xep_0030", "xep_0060"),
+    timeout: float = 10.0,
+    **options: Any,
+) -> ComponentXMPP:
+    """A ``ComponentXMPP`` (XEP-0114) with its handshake done.
+
+    ``spec`` defaults to the server's ``push.<domain>``; ``options`` go to
+    ``ComponentXMPP`` (``fix_error_ns``...). ``xep_0060`` is loaded so that
+    pubsub publish IQs parse (``iq['pubsub']['publish']``).
+    """
+    spec = spec or server.component
+    component = ComponentXMPP(spec.jid, spec.secret, server.host, server.component_port, **options)
+    for plugin in plugins:
+        component.register_plugin(plugin)
+    await _connect(component, server.component_address, timeout)
+    return component
+
+
+async def disconnect(xmpp: ClientXMPP | ComponentXMPP, wait: float = 2.0) -> None:
+    """Close the stream and wait until the connection is gone."""
+    if xmpp.transport is None:
+        return
+    try:
+        await asyncio.wait_for(xmpp.disconnect(wait=wait), wait + 1.0)
+    except TimeoutError:
+        xmpp.abort()
+
+
+class Connections:
+    """Connects clients and components and disconnects them after the test."""
+
+    def __init__(self) -> None:
+        self.opened: list[ClientXMPP | ComponentXMPP] = []
+
+    async def client(self, server: DevServer, account: Account, **options: Any) -> ClientXMPP:
+        client = await connect_client(server, account, **options)
+        self.opened.append(client)
+        return client
+
+    async def component(
+        self, server: DevServer, spec: ComponentSpec | None = None, **options: Any
+    ) -> ComponentXMPP:
+        component = await connect_component(server, spec, **options)
+        self.opened.append(component)
+        return component
+
+    async def close(self) -> None:
+        await asyncio.gather(*(disconnect(x) for x in self.opened), return_exceptions=True)
+        self.opened.clear()
+
+
+@pytest_asyncio.fixture
+async def xmpp() -> AsyncIterator[Connections]:
+    """A :class:`Connections` bound to this test; everything it opened is closed after."""
+    connections = Connections()
+    try:
+        yield connections
+    finally:
+        await connections.close()

@@ -150,6 +150,22 @@ async def _accepts(host: str, port: int) -> bool:
     return True
 
 
+def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether ``proc`` has exited, without reaping it.
+
+    Until it is reaped its PID, which is also its process group's id, cannot
+    be reused, so the group can still be killed safely.
+    """
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped by someone else
+        return proc.poll() is not None
+    except (AttributeError, OSError):  # no waitid on this platform
+        return proc.poll() is not None
+
+
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -271,7 +287,7 @@ class DevServer(abc.ABC):
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._proc is not None and not _has_exited(self._proc)
 
     @property
     @abc.abstractmethod
@@ -416,13 +432,10 @@ class DevServer(abc.ABC):
         deadline = time.monotonic() + self.ready_timeout
         pending = set(self._ready_ports())
         while True:
-            if proc.poll() is not None:
+            if _has_exited(proc):
                 if self._collided():
                     raise _PortCollision()
-                raise DevServerError(
-                    f"{self.name} exited with status {proc.returncode} while starting\n"
-                    + self.describe_logs()
-                )
+                raise DevServerError(f"{self.name} exited while starting\n" + self.describe_logs())
             if self._collided():
                 raise _PortCollision()
             if self._log_has(self.fatal_markers):
@@ -443,9 +456,14 @@ class DevServer(abc.ABC):
             if not pending and await self._serving():
                 return
             if time.monotonic() > deadline:
+                why = (
+                    f"ports {sorted(pending)} on {self.host} not listening"
+                    if pending
+                    else "its ports listen, but it is still starting"
+                )
                 raise DevServerError(
-                    f"{self.name} was not ready within {self.ready_timeout:.0f} s: "
-                    f"ports {sorted(pending)} on {self.host} not listening\n" + self.describe_logs()
+                    f"{self.name} was not ready within {self.ready_timeout:.0f} s: {why}\n"
+                    + self.describe_logs()
                 )
             await asyncio.sleep(0.02)
 
@@ -474,14 +492,17 @@ class DevServer(abc.ABC):
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
+        if not _has_exited(proc):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
             if not await self._wait_exit(proc, self.stop_timeout, self._done_stopping):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 await self._wait_exit(proc, 5.0)
-        self._kill_group(proc.pid)
+        if proc.returncode is None:  # unreaped: the group id cannot have been reused
+            self._kill_group(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1.0)
         _RUNNING.discard(self)
 
     def _done_stopping(self) -> bool:
@@ -498,7 +519,7 @@ class DevServer(abc.ABC):
         done: Callable[[], bool] | None = None,
     ) -> bool:
         deadline = time.monotonic() + timeout
-        while proc.poll() is None:
+        while not _has_exited(proc):
             if time.monotonic() > deadline or (done is not None and done()):
                 return False
             await asyncio.sleep(0.01)
@@ -524,13 +545,10 @@ class DevServer(abc.ABC):
     def _kill_now(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL and clean up."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+        if proc is not None and proc.returncode is None:
+            self._kill_group(proc.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-        if proc is not None:
-            self._kill_group(proc.pid)
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -888,6 +906,7 @@ class EjabberdServer(DevServer):
                     "port": self.c2s_port,
                     "ip": self.host,
                     "module": "ejabberd_c2s",
+                    "backlog": 1024,  # ejabberd's default is 5
                     "starttls_required": False,
                     "max_stanza_size": 262144,
                 },
@@ -895,12 +914,14 @@ class EjabberdServer(DevServer):
                     "port": self.component_port,
                     "ip": self.host,
                     "module": "ejabberd_service",
+                    "backlog": 1024,  # ejabberd's default is 5
                     "hosts": {spec.jid: {"password": spec.secret} for spec in self.components},
                 },
                 {
                     "port": self.http_port,
                     "ip": self.host,
                     "module": "ejabberd_http",
+                    "backlog": 1024,  # ejabberd's default is 5
                     "request_handlers": {"/api": "mod_http_api"},
                 },
             ],
@@ -931,8 +952,7 @@ class EjabberdServer(DevServer):
     def _command(self) -> list[str]:
         return [
             "erl",
-            "-noinput",
-            "-noshell",
+            "-noinput",  # implies -noshell
             "-mnesia",
             "dir",
             _erlang_string(str(self.workdir / "spool")),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from fakes.fake_apns import FakeApns
+from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
 from servers import ejabberd_server, prosody_server, xmpp, xmpp_server  # noqa: F401
 
@@ -35,3 +36,15 @@ def apns_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     return path
+
+
+FCM_PROJECT = "push-e2e"
+
+
+@pytest_asyncio.fixture
+async def fake_fcm(test_ca: TestCA, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeFcm]:
+    """A fake FCM whose OAuth endpoint the service-account credential uses too."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(test_ca.ca_file))  # google-auth's requests
+    async with FakeFcm(ca=test_ca, projects=[FCM_PROJECT]) as fake:
+        yield fake

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
 from servers import Account, Connections
 from slixmpp import ClientXMPP
@@ -36,6 +40,23 @@ def apns_app(endpoint: str, ca: TestCA, key: Path) -> AppConfig:
     return AppConfig(id=APNS_APP, type="apns", topic=TOPIC, key_file=str(key), key_id=KEY_ID,
                      team_id=TEAM_ID, endpoint=endpoint, ca_file=str(ca.ca_file),
                      monal_modules=(MONAL_MODULE,), timeout=5.0, max_connections=1)
+
+
+def fcm_app(fake: FakeFcm, folder: Path, project: str = "push-e2e") -> AppConfig:
+    """An FCM app configured as an operator would: a service-account key file."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    account = {
+        "type": "service_account", "project_id": project, "private_key_id": "k1",
+        "private_key": key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode(),
+        "client_email": f"push@{project}.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": fake.token_url,
+    }
+    path = folder / "service-account.json"
+    path.write_text(json.dumps(account))
+    return AppConfig(id=FCM_APP, type="fcm", service_account_file=str(path),
+                     endpoint=fake.base_url, ca_file=str(fake.ca_file), timeout=5.0)
 
 
 FAST_RETRIES = DeliveryPolicy(reply_within=2.0, retry_base=0.2, retry_max_delay=0.5,

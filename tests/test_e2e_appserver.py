@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 from pathlib import Path
 
 from e2e import (
     APNS_APP,
+    FCM_APP,
     KEY_ID,
     MONAL_MODULE,
     TEAM_ID,
@@ -19,10 +21,12 @@ from e2e import (
     apns_app,
     enable,
     execute,
+    fcm_app,
     running_appserver,
     send_chat,
 )
 from fakes.fake_apns import FakeApns
+from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
 from servers import Connections, disconnect, make_account
 
@@ -80,6 +84,34 @@ async def test_siskin_register_device(xmpp_server: DevServer, xmpp: Connections,
         (outcome,) = await server.wait_published(1)
         assert (outcome.node, outcome.publisher, outcome.answer) == (node, "localhost",
                                                                        "result")
+
+
+async def test_conversations_register_push_fcm(
+        xmpp_server: DevServer, xmpp: Connections, fake_fcm: FakeFcm, tmp_path: Path) -> None:
+    alice = await make_account(xmpp_server, "alice")
+    bob = await make_account(xmpp_server, "bob")
+    app = fcm_app(fake_fcm, tmp_path)
+    async with running_appserver(xmpp, xmpp_server, [app], tmp_path / "s.json") as server:
+        phone = await xmpp.client(xmpp_server, alice, resource="conversations.AbCd")
+        answer = await execute(phone, server.jid, "register-push-fcm", {
+            "token": "fcm-token-1", "android-id": "0123456789abcdef"})
+        assert set(answer) == {"jid", "node", "secret"}
+        await enable(phone, server.jid, answer["node"][0], {"secret": answer["secret"][0]})
+        await disconnect(phone)
+        await send_chat(xmpp, xmpp_server, bob, alice, "secret words")
+        (record,) = await fake_fcm.wait_for(1, timeout=10)
+        assert record.path == "/v1/projects/push-e2e/messages:send"
+        assert record.headers["authorization"] == f"Bearer {fake_fcm.issued_token}"
+        device = hashlib.sha1(f"{alice.jid}\0" "0123456789abcdef".encode()).hexdigest()
+        assert record.body == {"message": {
+            "token": "fcm-token-1",
+            "data": {"account": device},
+            "android": {"priority": "high", "ttl": f"{app.ttl}s",
+                        "collapse_key": device[:6]},
+        }}
+        (outcome,) = await server.wait_published(1)
+        assert outcome.answer == "result"
+        assert app.id == FCM_APP
 
 
 async def test_v1_register_push(xmpp_server: DevServer, xmpp: Connections,

@@ -166,6 +166,59 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
         return proc.poll() is not None
 
 
+def _descendants(pid: int) -> dict[int, str]:
+    """All processes below ``pid`` (Linux /proc), as PID -> start time.
+
+    Erlang's helpers (erl_child_setup, port programs) start sessions of their
+    own, so the process group does not hold them. The start time tells a
+    process from a later one that reuses its PID. Empty without /proc.
+    """
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z":
+            continue
+        # after "pid (comm)": state ppid ... and starttime is field 22 of the line
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        started[int(entry)] = fields[19]
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        if child in started and child not in found:
+            found[child] = started[child]
+            todo.extend(children.get(child, []))
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time of live process ``pid``; None once it exited (zombies count as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _kill_if_same(pid: int, start_time: str) -> None:
+    """SIGKILL ``pid`` unless it exited (or its PID now names another process)."""
+    if _start_time(pid) == start_time:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -177,7 +230,7 @@ class DevServer(abc.ABC):
     common part picks ports, runs the process in its own session (process
     group) from a temporary folder, waits until every port listens, and stops
     it: SIGTERM, then SIGKILL after ``stop_timeout``, then SIGKILL to what is
-    left of its process group.
+    left of its process group and of the helpers it had started.
     """
 
     #: shown in messages
@@ -492,6 +545,7 @@ class DevServer(abc.ABC):
         proc = self._proc
         if proc is None:
             return
+        helpers = _descendants(proc.pid)
         if not _has_exited(proc):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
@@ -501,6 +555,15 @@ class DevServer(abc.ABC):
                 await self._wait_exit(proc, 5.0)
         if proc.returncode is None:  # unreaped: the group id cannot have been reused
             self._kill_group(proc.pid)
+        # Helpers quit once the server's pipes close (and are reaped by their
+        # parent then); give them a moment before killing what is left.
+        deadline = time.monotonic() + 0.5
+        while helpers and time.monotonic() < deadline:
+            helpers = {p: t for p, t in helpers.items() if _start_time(p) == t}
+            if helpers:
+                await asyncio.sleep(0.01)
+        for pid, start_time in helpers.items():
+            _kill_if_same(pid, start_time)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(1.0)
         _RUNNING.discard(self)
@@ -537,8 +600,8 @@ class DevServer(abc.ABC):
 
     @staticmethod
     def _kill_group(pgid: int) -> None:
-        # Helpers the server spawned (Erlang's erl_child_setup and port
-        # programs) are in its process group; none may outlive it.
+        # The server runs in a session of its own: whatever else is in its
+        # process group must not outlive it either.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
 
@@ -546,7 +609,10 @@ class DevServer(abc.ABC):
         """Synchronous last resort (interpreter exit): SIGKILL and clean up."""
         proc = self._proc
         if proc is not None and proc.returncode is None:
+            helpers = _descendants(proc.pid)
             self._kill_group(proc.pid)
+            for pid, start_time in helpers.items():
+                _kill_if_same(pid, start_time)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         self._cleanup()

@@ -55,6 +55,15 @@ def _processes_in_group(pgid: int) -> list[str]:
     return found
 
 
+def _start_time(pid: int) -> str | None:
+    """The start time of a live (not zombie) process, None when there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
 def _requires(kind: str) -> None:
     reason = SERVER_CLASSES[kind].unavailable_reason()
     if reason is not None:
@@ -79,6 +88,7 @@ async def test_start_register_stop_leaves_nothing_behind(
     pid = server.pid
     assert pid is not None
     workdir = server.workdir
+    helpers = devserver._descendants(pid)  # Erlang: erl_child_setup, memsup, eimp
     try:
         for port in (server.c2s_port, server.component_port):
             with socket.create_connection(("127.0.0.1", port), timeout=2):
@@ -97,6 +107,8 @@ async def test_start_register_stop_leaves_nothing_behind(
     assert not workdir.exists()
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     assert _processes_in_group(pid) == []
+    assert devserver._descendants(pid) == {}
+    assert [p for p, started in helpers.items() if _start_time(p) == started] == []
     assert server.log_text()  # still readable after the folder is gone
     await server.stop()  # idempotent
 

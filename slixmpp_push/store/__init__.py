@@ -1,9 +1,17 @@
 """Where registrations and queued notifications live."""
 
-from .base import DEAD_TOKENS, PENDING, REGISTRATIONS, MemoryStore, Store, device_identity
+from .base import (
+    CLIENT_REGISTRATIONS,
+    DEAD_TOKENS,
+    PENDING,
+    REGISTRATIONS,
+    MemoryStore,
+    Store,
+    device_identity,
+)
 from .tinydb_store import AtomicJSONStorage, TinyDBStore
 
 __all__ = [
-    "DEAD_TOKENS", "PENDING", "REGISTRATIONS", "AtomicJSONStorage", "MemoryStore", "Store",
+    "CLIENT_REGISTRATIONS", "DEAD_TOKENS", "PENDING", "REGISTRATIONS", "AtomicJSONStorage", "MemoryStore", "Store",
     "TinyDBStore", "device_identity",
 ]

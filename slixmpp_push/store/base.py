@@ -18,7 +18,8 @@ from ..models import Registration
 REGISTRATIONS = "registrations"
 PENDING = "pending"
 DEAD_TOKENS = "dead_tokens"
-TABLES = (REGISTRATIONS, PENDING, DEAD_TOKENS)
+CLIENT_REGISTRATIONS = "client_registrations"  # push_registrar: this device's registrations
+TABLES = (REGISTRATIONS, PENDING, DEAD_TOKENS, CLIENT_REGISTRATIONS)
 
 #: One change: (table, key, document or None for a deletion).
 Op = tuple[str, str, dict[str, Any] | None]

@@ -7,34 +7,17 @@ import re
 import time
 import unittest
 
+from fakes.scripted import ScriptedProvider
 from slixmpp.test import SlixTest
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
 from slixmpp_push import AppConfig, DeliveryResult, MemoryStore, Outcome
-from slixmpp_push.providers.base import Provider, PushRequest
 
 APPS = [
     AppConfig(id="tigase:messenger:apns:1", type="console", topic="org.tigase.messenger"),
     AppConfig(id="fcm-xmpp-api", type="console", format="fcm"),
     AppConfig(id="monal", type="console", topic="im.monal", monal_modules=("monalProdiOS",)),
 ]
-
-
-class ScriptedProvider(Provider):
-    """Answers each request with the next scripted result (then DELIVERED)."""
-
-    kind = "scripted"
-
-    def __init__(self, app: AppConfig) -> None:
-        super().__init__(app)
-        self.script: list[DeliveryResult] = []
-        self.sent: list[PushRequest] = []
-
-    async def send(self, request: PushRequest) -> DeliveryResult:
-        self.sent.append(request)
-        if self.script:
-            return self.script.pop(0)
-        return DeliveryResult(Outcome.DELIVERED, status=200)
 
 
 def publish(

@@ -86,6 +86,10 @@ class Store(abc.ABC):
     def __len__(self) -> int:
         return len(self._registrations)
 
+    def __bool__(self) -> bool:
+        # An empty store is still a store: `store or default` must not replace it.
+        return True
+
     async def put(self, registration: Registration) -> None:
         old = self._registrations.get(registration.node)
         if old is not None:

@@ -409,3 +409,26 @@ class TestAppServerStream(SlixTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestPluginEnd(SlixTest):
+    def test_plugin_end_removes_everything_it_added(self) -> None:
+        self.stream_start(mode="component", jid="push.localhost", server="localhost",
+                          plugins=["xep_0030", "xep_0004", "xep_0050"])
+        before_handlers = {h.name for h in self.xmpp._XMLStream__handlers}
+        before_filters = len(self.xmpp._XMLStream__filters["out"])
+        self.xmpp.register_plugin("push_appserver", {"apps": APPS, "store": MemoryStore()})
+        self.assertIn("push_appserver publish", {h.name for h in self.xmpp._XMLStream__handlers})
+        self.wait_()  # xep_0050 adds commands from a task
+        self.assertEqual(len(self.xmpp["xep_0050"].commands), 8)
+        self.xmpp.plugin.disable("push_appserver")
+        self.assertEqual({h.name for h in self.xmpp._XMLStream__handlers}, before_handlers)
+        self.assertEqual(len(self.xmpp._XMLStream__filters["out"]), before_filters)
+        self.recv("<iq type='get' from='alice@localhost/phone' to='push.localhost' id='d1'>"
+                  "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        self.wait_for_send_queue()
+        raw = self.xmpp.socket.next_sent(timeout=1)
+        raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+        self.assertNotIn("urn:xmpp:push:0", raw)
+        self.assertNotIn('type="push"', raw)
+        self.assertEqual(self.xmpp["xep_0050"].commands, {})

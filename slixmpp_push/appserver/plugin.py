@@ -62,6 +62,7 @@ _PUBLISH_XPATH = "{%s}iq/{http://jabber.org/protocol/pubsub}pubsub/" \
                  "{http://jabber.org/protocol/pubsub}publish"
 _STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 MONAL_MODULE_OPTION = "pushModule"
+COMMANDS_NS = "http://jabber.org/protocol/commands"
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,13 +127,8 @@ class PushAppServer(BasePlugin):
         if self._component:
             self.xmpp.del_filter("out", self._fix_error_namespace)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
-        disco = self.xmpp["xep_0030"]
-        disco.del_identity(category="pubsub", itype="push")
-        for feature in self._features():
-            disco.del_feature(feature=feature)
-        for command in COMMANDS:
-            self.xmpp["xep_0050"].del_command(None, command.node)
-        self._advertised = False
+        if self._advertised:
+            self._withdraw()
 
     def session_bind(self, jid: JID) -> None:
         # slixmpp calls this before plugin_init when the stream is already bound.
@@ -150,6 +146,25 @@ class PushAppServer(BasePlugin):
         for command in COMMANDS:
             self.xmpp["xep_0050"].add_command(
                 node=command.node, name=command.name, handler=self._command_handler(command))
+
+    def _withdraw(self) -> None:
+        """Undo _advertise (xep_0050 has no del_command: undo what add_command did)."""
+        self._advertised = False
+        disco = self.xmpp["xep_0030"]
+        adhoc = self.xmpp["xep_0050"]
+        disco.del_identity(category="pubsub", itype="push", name="Push app server")
+        for feature in self._features():
+            disco.del_feature(feature=feature)
+        jid = self.xmpp.boundjid
+        for command in COMMANDS:
+            adhoc.commands.pop((jid.full, command.node), None)
+            disco.del_item(jid=jid.full, node=COMMANDS_NS, ijid=jid.full, inode=command.node)
+            disco.del_identity(jid=jid, node=command.node, category="automation",
+                               itype="command-node", name=command.name)
+        if not any(key[0] == jid.full for key in adhoc.commands):
+            disco.del_identity(jid=jid, node=COMMANDS_NS, category="automation",
+                               itype="command-list", name="Ad-Hoc commands")
+            disco.del_feature(jid=jid, feature=COMMANDS_NS)
 
     def _features(self) -> list[str]:
         return [NS, *self.app_index]

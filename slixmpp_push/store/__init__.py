@@ -12,6 +12,6 @@ from .base import (
 from .tinydb_store import AtomicJSONStorage, TinyDBStore
 
 __all__ = [
-    "CLIENT_REGISTRATIONS", "DEAD_TOKENS", "PENDING", "REGISTRATIONS", "AtomicJSONStorage", "MemoryStore", "Store",
-    "TinyDBStore", "device_identity",
+    "CLIENT_REGISTRATIONS", "DEAD_TOKENS", "PENDING", "REGISTRATIONS", "AtomicJSONStorage",
+    "MemoryStore", "Store", "TinyDBStore", "device_identity",
 ]

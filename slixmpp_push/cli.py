@@ -13,24 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Sequence
 
 from .config import Config, load_config
 from .errors import ConfigError, MissingDependency, StoreError
+from .logs import setup_logging
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # slixmpp logs every stanza at DEBUG: keep ours readable unless asked.
-    if level != "DEBUG":
-        logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
 
 def _load(path: str) -> Config:
@@ -50,7 +42,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    _setup_logging(args.log_level or config.log_level)
+    setup_logging(args.log_level or config.log_level, config.log_format)
     from .server import serve
 
     asyncio.run(serve(config))

@@ -86,6 +86,8 @@ class Config:
     remote_disable: bool
     delivery: DeliveryPolicy
     log_level: str
+    log_format: str = "text"  # "text" or "json"
+    metrics_listen: tuple[str, int] | None = None  # host, port of /metrics and /health
     source: Path | None = None
 
 
@@ -240,7 +242,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     """Validate a parsed TOML document; raise :class:`ConfigError` naming the key."""
     base = base or Path.cwd()
     top = _Section(data, "", base)
-    for name in ("xmpp", "appserver", "delivery", "apps", "logging"):
+    for name in ("xmpp", "appserver", "delivery", "apps", "logging", "metrics"):
         top.seen.add(name)
     top.finish()
     xmpp = _read_xmpp(data, base)
@@ -277,9 +279,23 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     level = logging_section.get("level", str, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("logging.level", "must be DEBUG, INFO, WARNING or ERROR")
+    log_format = logging_section.get("format", str, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError("logging.format", "must be 'text' or 'json'")
     logging_section.finish()
+
+    metrics_section = _Section(_table(data, "metrics", ""), "metrics", base)
+    listen = metrics_section.get("listen", str)
+    metrics_listen = None
+    if listen is not None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("metrics.listen", f"must be 'host:port', not {listen!r}")
+        metrics_listen = (host.strip("[]"), int(port))
+    metrics_section.finish()
     return Config(xmpp=xmpp, apps=apps, store=store, allowed_domains=allowed,
-                  remote_disable=remote_disable, delivery=policy, log_level=level)
+                  remote_disable=remote_disable, delivery=policy, log_level=level,
+                  log_format=log_format, metrics_listen=metrics_listen)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

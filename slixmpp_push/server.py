@@ -19,7 +19,9 @@ from slixmpp.basexmpp import BaseXMPP
 
 from .appserver import PushAppServer
 from .config import Config
+from .metrics import Metrics
 from .providers import Provider
+from .status_http import StatusServer
 from .store import TinyDBStore
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ log = logging.getLogger(__name__)
 RECONNECT_MAX_DELAY = 30.0
 
 
-def build_xmpp(config: Config, providers: dict[str, Provider] | None = None) -> BaseXMPP:
+def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
+               metrics: Metrics | None = None) -> BaseXMPP:
     """The XMPP object with ``push_appserver`` registered from ``config``.
 
     ``providers`` replaces the providers of some apps (the demo shows its pushes).
@@ -49,6 +52,7 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None) -> 
         "delivery": config.delivery,
         "remote_disable": config.remote_disable,
         "providers": providers,
+        "metrics": metrics,
     })
     return xmpp
 
@@ -56,10 +60,15 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None) -> 
 async def serve(config: Config, ready: asyncio.Event | None = None,
                 providers: dict[str, Provider] | None = None) -> None:
     """Run until a signal (or cancellation); pending notifications stay stored."""
-    xmpp = build_xmpp(config, providers)
+    metrics = Metrics()
+    xmpp = build_xmpp(config, providers, metrics)
     plugins: Any = xmpp.plugin  # slixmpp types only its own plugin names
     appserver: PushAppServer = plugins["push_appserver"]
     await appserver.start()
+    status: StatusServer | None = None
+    if config.metrics_listen is not None:
+        status = StatusServer(metrics, *config.metrics_listen)
+        await status.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +108,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     finally:
         log.info("stopping")
         stopping.set()
+        if status is not None:
+            await status.stop()
         await appserver.stop()
         with contextlib.suppress(Exception):
             await xmpp.disconnect(wait=1.0)

@@ -84,6 +84,9 @@ async def test_siskin_register_device(xmpp_server: DevServer, xmpp: Connections,
         (outcome,) = await server.wait_published(1)
         assert (outcome.node, outcome.publisher, outcome.answer) == (node, "localhost",
                                                                        "result")
+        exposition = server.plugin.metrics.exposition().decode()
+        assert 'slixmpp_push_publishes_total{dialect="tigase",outcome="result"} 1.0' in exposition
+        assert f'slixmpp_push_registrations{{app="{APNS_APP}"}} 1.0' in exposition
 
 
 async def test_conversations_register_push_fcm(

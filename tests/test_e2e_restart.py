@@ -4,12 +4,15 @@ provider outage survives a crash (SIGKILL) and is delivered after restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from e2e import APNS_APP, KEY_ID, TEAM_ID, TOPIC, enable, execute, send_chat
 from fakes.fake_apns import FakeApns
@@ -19,8 +22,14 @@ from servers import Connections, disconnect, make_account
 from slixmpp_push.devserver import ProsodyServer
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def write_config(folder: Path, server: ProsodyServer, fake: FakeApns, ca: TestCA,
-                 key: Path) -> Path:
+                 key: Path, metrics_port: int) -> Path:
     secret = folder / "component.secret"
     secret.write_text(server.component.secret + "\n")
     config = folder / "push.toml"
@@ -34,6 +43,12 @@ secret_file = "component.secret"
 
 [appserver]
 store = "data/store.json"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[logging]
+format = "json"
 
 [delivery]
 retry_base = 0.3
@@ -50,6 +65,25 @@ endpoint = "{fake.endpoint}"
 ca_file = "{ca.ca_file}"
 """)
     return config
+
+
+async def get_health(port: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        writer.write(b"GET /health HTTP/1.1\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        body: dict[str, Any] = json.loads(data.partition(b"\r\n\r\n")[2])
+        if body["ready"] or time.monotonic() > deadline:
+            return body
+        await asyncio.sleep(0.1)
 
 
 def start_serve(config: Path) -> subprocess.Popen[bytes]:
@@ -74,7 +108,8 @@ async def wait_for_appserver(phone: object, jid: str, token: str, timeout: float
 async def test_queued_notification_survives_a_crash(
         prosody_server: ProsodyServer, xmpp: Connections, fake_apns: FakeApns,
         test_ca: TestCA, apns_key: Path, tmp_path: Path) -> None:
-    config = write_config(tmp_path, prosody_server, fake_apns, test_ca, apns_key)
+    metrics_port = free_port()
+    config = write_config(tmp_path, prosody_server, fake_apns, test_ca, apns_key, metrics_port)
     token = "9e9e" * 16
     alice = await make_account(prosody_server, "alice")
     bob = await make_account(prosody_server, "bob")
@@ -100,6 +135,9 @@ async def test_queued_notification_survives_a_crash(
         records = await fake_apns.wait_for(attempts + 1, timeout=15)
         assert records[-1].token == token
         assert records[-1].body["account"] == alice.jid
+        health = await get_health(metrics_port)
+        assert health["ready"] is True
+        assert health["providers"][APNS_APP]["last"] == "delivered"
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
@@ -110,4 +148,6 @@ async def test_queued_notification_survives_a_crash(
     assert serve.returncode == 0, output.decode()
     text = output.decode()
     assert "resuming 1 pending notification" in text, text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(entry["message"].startswith("resuming") for entry in lines)
     assert token not in text  # tokens are never logged in full

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import DeliveryPolicy
 from ..errors import DeliveryResult, Outcome, StoreError
+from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..payloads import build_request
 from ..providers.base import Provider
@@ -111,8 +112,11 @@ class Delivery:
     """Sends through the providers; owns the pending queue and its timers."""
 
     def __init__(self, store: Store, providers: dict[str, Provider],
-                 policy: DeliveryPolicy, on_dead_token: DeadTokenHandler) -> None:
+                 policy: DeliveryPolicy, on_dead_token: DeadTokenHandler,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.queue_depth.set_function(lambda: len(self._pending))
         self.providers = providers
         self.policy = policy
         self.on_dead_token = on_dead_token
@@ -163,6 +167,7 @@ class Delivery:
         if wait > 0:
             await self._keep(registration, notification, due=now + wait)
             self.stats["throttled"] += 1
+            self.metrics.rate_limited.inc()
             return Submitted.THROTTLED
         task = self._start(registration, notification)
         done, _ = await asyncio.wait({task}, timeout=self.policy.reply_within)
@@ -200,7 +205,8 @@ class Delivery:
         self._pending[node] = entry
         try:
             await self.store.set_doc(PENDING, node, entry.to_doc())
-        except StoreError:
+        except StoreError as exc:
+            self.metrics.store_result(False, str(exc))
             if self._pending.get(node) is entry:
                 if old is None:
                     del self._pending[node]
@@ -254,6 +260,7 @@ class Delivery:
             log.exception("provider %s failed unexpectedly", provider.id)
             result = DeliveryResult(Outcome.RETRY, reason="provider error")
         self.stats[f"provider_{result.outcome.value}"] += 1
+        self.metrics.provider_result(registration.app, result, notification.received_at)
         return result
 
     async def _settle(self, registration: Registration, notification: Notification,
@@ -275,6 +282,7 @@ class Delivery:
                 kept = Pending(registration, notification, attempts, first, due)
                 self._pending[node] = kept
                 self.stats["retries"] += 1
+                self.metrics.retries.labels(registration.app).inc()
                 # A StoreError propagates: the publish is then answered with an
                 # error instead of a result we could not keep.
                 await self.store.set_doc(PENDING, node, kept.to_doc())

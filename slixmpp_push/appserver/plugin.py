@@ -22,6 +22,9 @@ Config keys (``register_plugin('push_appserver', {...})``):
     A :class:`~slixmpp_push.appserver.delivery.DeliveryPolicy`.
 ``remote_disable``
     Tell an account's server when we drop its registration (default True).
+``metrics``
+    A :class:`~slixmpp_push.metrics.Metrics` to report to (default: a new one,
+    available as ``plugin.metrics``).
 
 Events: ``push_registered`` and ``push_unregistered`` (a Registration),
 ``push_dead_token`` (a Registration), ``push_published`` (a PublishOutcome).
@@ -47,6 +50,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..config import AppConfig
 from ..errors import DeliveryResult
+from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..providers import Provider, create_provider
 from ..store import DEAD_TOKENS, Store, TinyDBStore
@@ -89,6 +93,7 @@ class PushAppServer(BasePlugin):
         "allowed_domains": None,
         "delivery": None,
         "remote_disable": True,
+        "metrics": None,
     }
 
     # -- life cycle -------------------------------------------------------------
@@ -107,9 +112,11 @@ class PushAppServer(BasePlugin):
                 self.providers[app.id] = create_provider(app)
         for provider in self.providers.values():
             self.app_index.setdefault(provider.id, provider.app)
+        self.metrics: Metrics = self.config.get("metrics") or Metrics()
+        self.metrics.watch_registrations(self.store.count_by_app)
         self.delivery = Delivery(self.store, self.providers,
                                  self.config.get("delivery") or DeliveryPolicy(),
-                                 self._on_dead_token)
+                                 self._on_dead_token, self.metrics)
         self._started: asyncio.Future[None] | None = None
         self._component = isinstance(self.xmpp, ComponentXMPP)
         self.xmpp.register_handler(CoroutineCallback(
@@ -118,6 +125,7 @@ class PushAppServer(BasePlugin):
         if self._component:
             self.xmpp.add_filter("out", self._fix_error_namespace)
         self.xmpp.add_event_handler("session_start", self._on_session_start)
+        self.xmpp.add_event_handler("disconnected", self._on_disconnected)
         self._advertised = False
         if self.xmpp.session_bind_event.is_set():
             self._advertise()
@@ -127,6 +135,7 @@ class PushAppServer(BasePlugin):
         if self._component:
             self.xmpp.del_filter("out", self._fix_error_namespace)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
+        self.xmpp.del_event_handler("disconnected", self._on_disconnected)
         if self._advertised:
             self._withdraw()
 
@@ -183,6 +192,8 @@ class PushAppServer(BasePlugin):
         await self.store.open()
         for provider in self.providers.values():
             await provider.start()
+            if provider.app.cert_file:
+                self.metrics.watch_certificate(provider.id, provider.app.cert_file)
         self.delivery.resume()
         log.info("push app server ready: %d registration(s), apps %s", len(self.store),
                  ", ".join(self.app_index) or "none")
@@ -202,7 +213,11 @@ class PushAppServer(BasePlugin):
         self._started = None
 
     async def _on_session_start(self, _event: Any) -> None:
+        self.metrics.set_connected(True)
         await self.start()
+
+    def _on_disconnected(self, _event: Any) -> None:
+        self.metrics.set_connected(False)
 
     # -- queries used by the dialects and the API ----------------------------------------
     @property
@@ -291,6 +306,7 @@ class PushAppServer(BasePlugin):
         publisher = xml.get("from", "")
         submitted: Submitted | None = None
         node = ""
+        dialect = "unknown"
         try:
             publish = parse_publish(xml)
             node = publish.node
@@ -298,6 +314,7 @@ class PushAppServer(BasePlugin):
                 await self.start()
             registration = self._authorize(JID(publisher), publish.node,
                                            publish.notification)
+            dialect = registration.dialect.value
             submitted = await self.delivery.submit(registration, publish.notification)
             if submitted is Submitted.DEAD_TOKEN:
                 raise XMPPError("item-not-found", etype="cancel", text="device token expired")
@@ -322,6 +339,7 @@ class PushAppServer(BasePlugin):
         outcome = PublishOutcome(node, publisher, answer, submitted,
                                  time.perf_counter() - began)
         self.delivery.stats[f"publish_{answer}"] += 1
+        self.metrics.published(dialect, answer)
         self.xmpp.event("push_published", outcome)
 
     def _authorize(self, publisher: JID, node: str, notification: Notification,
@@ -388,6 +406,7 @@ class PushAppServer(BasePlugin):
         log.info("dropping node %s of %s: the provider says %s %s", registration.node,
                  registration.account, result.status, result.reason)
         self.delivery.stats["dead_tokens"] += 1
+        self.metrics.dead_tokens.labels(registration.app).inc()
         if registration.dialect is Dialect.MONAL:
             await self.store.set_doc(DEAD_TOKENS, registration.node, {"at": time.time()})
         else:

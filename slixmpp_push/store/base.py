@@ -41,6 +41,7 @@ class Store(abc.ABC):
         self._registrations: dict[str, Registration] = {}
         self._by_identity: dict[DeviceIdentity, str] = {}
         self._by_account: dict[str, set[str]] = {}
+        self._app_counts: dict[str, int] = {}
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -63,6 +64,7 @@ class Store(abc.ABC):
         self._registrations.clear()
         self._by_identity.clear()
         self._by_account.clear()
+        self._app_counts.clear()
         for node, doc in self._tables[REGISTRATIONS].items():
             try:
                 self._index(Registration.from_doc(doc))
@@ -82,6 +84,10 @@ class Store(abc.ABC):
 
     def registrations(self) -> Iterator[Registration]:
         return iter(list(self._registrations.values()))
+
+    def count_by_app(self) -> dict[str, int]:
+        """Registrations per app (for metrics)."""
+        return dict(self._app_counts)
 
     def __len__(self) -> int:
         return len(self._registrations)
@@ -121,9 +127,15 @@ class Store(abc.ABC):
         self._registrations[registration.node] = registration
         self._by_identity[device_identity(registration)] = registration.node
         self._by_account.setdefault(registration.account, set()).add(registration.node)
+        self._app_counts[registration.app] = self._app_counts.get(registration.app, 0) + 1
 
     def _unindex(self, registration: Registration) -> None:
-        self._registrations.pop(registration.node, None)
+        if self._registrations.pop(registration.node, None) is not None:
+            left = self._app_counts.get(registration.app, 1) - 1
+            if left:
+                self._app_counts[registration.app] = left
+            else:
+                self._app_counts.pop(registration.app, None)
         identity = device_identity(registration)
         if self._by_identity.get(identity) == registration.node:
             del self._by_identity[identity]

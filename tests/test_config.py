@@ -1,0 +1,547 @@
+"""The TOML config loader and ``slixmpp-push check-config``: every error names its key."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slixmpp_push.cli import EXIT_CONFIG, main
+from slixmpp_push.config import AppConfig, Config, DeliveryPolicy, load_config, parse_config
+from slixmpp_push.errors import ConfigError
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+MINIMAL = """\
+[xmpp]
+jid = "push.example.org"
+secret_file = "component.secret"
+
+[apps.console]
+type = "console"
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "component.secret").write_text("s3cret\n")
+    (tmp_path / "AuthKey.p8").write_text("not checked by the loader\n")
+    return tmp_path
+
+
+def write(folder: Path, text: str, name: str = "push.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def doc(**sections: dict[str, Any]) -> dict[str, Any]:
+    """A parsed TOML document: the minimal config with ``sections`` merged in."""
+    data: dict[str, Any] = {"xmpp": {"jid": "push.example.org",
+                                     "secret_file": "component.secret"},
+                            "apps": {"console": {"type": "console"}}}
+    for name, table in sections.items():
+        data[name] = {**data.get(name, {}), **table}
+    return data
+
+
+def error(data: dict[str, Any], base: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base)
+    return info.value
+
+
+# -- a good config ---------------------------------------------------------------------
+def test_minimal_config_loads_with_defaults(folder: Path) -> None:
+    config = load_config(write(folder, MINIMAL))
+    assert isinstance(config, Config)
+    assert config.xmpp.mode == "component"
+    assert config.xmpp.jid == "push.example.org"
+    assert (config.xmpp.host, config.xmpp.port) == ("127.0.0.1", 5347)
+    assert config.xmpp.secret == "s3cret"  # stripped
+    assert config.store == str(folder / "slixmpp-push.json")
+    assert config.allowed_domains is None
+    assert config.remote_disable is True
+    assert config.delivery == DeliveryPolicy()
+    assert config.log_level == "INFO"
+    assert config.source == folder / "push.toml"
+    assert config.apps == [AppConfig(id="console", type="console", topic="", format="apns")]
+
+
+def test_client_mode_reads_password_and_port_5222(folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  ) -> None:
+    monkeypatch.setenv("PUSH_PASSWORD", "pw")
+    data = doc()
+    data["xmpp"] = {"mode": "client", "jid": "push@example.org", "password_env": "PUSH_PASSWORD"}
+    config = parse_config(data, folder)
+    assert (config.xmpp.mode, config.xmpp.port, config.xmpp.secret) == ("client", 5222, "pw")
+
+
+def test_secret_env_is_read(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSH_SECRET", "from-env")
+    data = doc()
+    data["xmpp"] = {"jid": "push.example.org", "secret_env": "PUSH_SECRET"}
+    assert parse_config(data, folder).xmpp.secret == "from-env"
+
+
+def test_relative_paths_resolve_against_the_config_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "component.secret").write_text("s")
+    (etc / "keys").mkdir()
+    (etc / "keys" / "AuthKey.p8").write_text("k")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(write(etc, MINIMAL + """
+[appserver]
+store = "data/store.json"
+
+[apps.ios]
+type = "apns"
+topic = "org.example.chat"
+key_file = "keys/AuthKey.p8"
+key_id = "ABC123DEFG"
+team_id = "DEF123GHIJ"
+"""))
+    assert config.store == str(etc / "data" / "store.json")
+    ios = next(app for app in config.apps if app.id == "ios")
+    assert ios.key_file == str(etc / "keys" / "AuthKey.p8")
+    assert Path(ios.key_file).is_absolute()
+    # the secret file too: found next to the config, not in the working folder
+    assert config.xmpp.secret == "s"
+
+
+def test_absolute_store_path_is_kept(folder: Path) -> None:
+    config = parse_config(doc(appserver={"store": "/var/lib/push/store.json"}), folder)
+    assert config.store == "/var/lib/push/store.json"
+
+
+def test_apns_and_fcm_apps(folder: Path) -> None:
+    (folder / "sa.json").write_text("{}")
+    config = parse_config({
+        "xmpp": {"jid": "push.example.org", "secret_file": "component.secret"},
+        "apps": {
+            "tigase:messenger:apns:1": {
+                "type": "apns", "topic": "org.example.chat", "environment": "sandbox",
+                "key_file": "AuthKey.p8", "key_id": "K", "team_id": "T",
+                "include_body": True, "ttl": 3600, "call_ttl": 20,
+                "monal_modules": ["exampleProdiOS"], "max_connections": 2, "timeout": 5},
+            "fcm-xmpp-api": {"type": "fcm", "service_account_file": "sa.json",
+                             "project_id": "p-1", "android_channel": "pages"},
+        },
+    }, folder)
+    ios, android = config.apps
+    assert (ios.id, ios.type, ios.topic, ios.sandbox) == (
+        "tigase:messenger:apns:1", "apns", "org.example.chat", True)
+    assert (ios.key_id, ios.team_id, ios.include_body) == ("K", "T", True)
+    assert (ios.ttl, ios.call_ttl, ios.max_connections, ios.timeout) == (3600, 20, 2, 5.0)
+    assert ios.monal_modules == ("exampleProdiOS",)
+    assert (android.id, android.type, android.project_id) == ("fcm-xmpp-api", "fcm", "p-1")
+    assert android.service_account_file == str(folder / "sa.json")
+    assert android.android_channel == "pages"
+
+
+def test_delivery_and_logging_values(folder: Path) -> None:
+    config = parse_config(doc(
+        delivery={"reply_within": 1, "retry_base": 0.5, "retry_max_delay": 60,
+                  "give_up_after": 3600, "max_pending": 10, "rate_burst": 3,
+                  "rate_interval": 0},
+        logging={"level": "debug"},
+        appserver={"allowed_domains": ["example.org", "example.net"],
+                   "remote_disable": False}), folder)
+    assert config.delivery == DeliveryPolicy(1.0, 0.5, 60.0, 3600.0, 10, 3, 0.0)
+    assert config.log_level == "DEBUG"
+    assert config.allowed_domains == ["example.org", "example.net"]
+    assert config.remote_disable is False
+
+
+# -- every error names its key ------------------------------------------------------------
+def test_missing_jid(folder: Path) -> None:
+    data = doc()
+    del data["xmpp"]["jid"]
+    exc = error(data, folder)
+    assert (exc.key, exc.problem) == ("xmpp.jid", "is required")
+    assert str(exc) == "xmpp.jid: is required"
+
+
+def test_inline_secret_is_refused(folder: Path) -> None:
+    exc = error(doc(xmpp={"secret": "hunter2"}), folder)
+    assert exc.key == "xmpp.secret"
+    assert "xmpp.secret_file" in exc.problem and "xmpp.secret_env" in exc.problem
+    assert "hunter2" not in str(exc)
+
+
+def test_inline_password_is_refused_in_client_mode(folder: Path) -> None:
+    data = doc()
+    data["xmpp"] = {"mode": "client", "jid": "a@example.org", "password": "pw"}
+    exc = error(data, folder)
+    assert exc.key == "xmpp.password"
+    assert "xmpp.password_file" in exc.problem and "xmpp.password_env" in exc.problem
+
+
+def test_no_secret_at_all(folder: Path) -> None:
+    data = doc()
+    del data["xmpp"]["secret_file"]
+    exc = error(data, folder)
+    assert exc.key == "xmpp.secret_file"
+    assert "xmpp.secret_env" in exc.problem
+
+
+def test_secret_env_unset(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLIXMPP_PUSH_TEST_UNSET", raising=False)
+    data = doc()
+    data["xmpp"] = {"jid": "push.example.org", "secret_env": "SLIXMPP_PUSH_TEST_UNSET"}
+    exc = error(data, folder)
+    assert exc.key == "xmpp.secret_env"
+    assert "SLIXMPP_PUSH_TEST_UNSET" in exc.problem and "not set" in exc.problem
+
+
+def test_secret_env_empty_counts_as_unset(folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                          ) -> None:
+    monkeypatch.setenv("SLIXMPP_PUSH_TEST_EMPTY", "")
+    data = doc()
+    data["xmpp"] = {"jid": "push.example.org", "secret_env": "SLIXMPP_PUSH_TEST_EMPTY"}
+    assert error(data, folder).key == "xmpp.secret_env"
+
+
+def test_secret_file_missing(folder: Path) -> None:
+    exc = error(doc(xmpp={"secret_file": "nope.secret"}), folder)
+    assert exc.key == "xmpp.secret_file"
+    assert str(folder / "nope.secret") in exc.problem and "does not exist" in exc.problem
+
+
+def test_secret_file_empty(folder: Path) -> None:
+    (folder / "empty.secret").write_text("\n")
+    exc = error(doc(xmpp={"secret_file": "empty.secret"}), folder)
+    assert exc.key == "xmpp.secret_file"
+    assert "empty" in exc.problem
+
+
+def test_unknown_top_level_key(folder: Path) -> None:
+    data = doc()
+    data["database"] = {"url": "x"}
+    exc = error(data, folder)
+    assert (exc.key, exc.problem) == ("database", "is not a known key")
+
+
+def test_unknown_key_in_xmpp(folder: Path) -> None:
+    assert error(doc(xmpp={"hots": "x"}), folder).key == "xmpp.hots"
+
+
+def test_unknown_key_in_an_app(folder: Path) -> None:
+    data = doc()
+    data["apps"] = {"ios": {"type": "console", "colour": "blue"}}
+    exc = error(data, folder)
+    assert (exc.key, exc.problem) == ("apps.ios.colour", "is not a known key")
+
+
+def test_app_id_with_dots_is_quoted_in_the_key(folder: Path) -> None:
+    data = doc()
+    data["apps"] = {"org.example.chat": {"type": "console", "colour": "blue"}}
+    assert error(data, folder).key == 'apps."org.example.chat".colour'
+
+
+def test_bad_app_type(folder: Path) -> None:
+    data = doc()
+    data["apps"] = {"ios": {"type": "gcm"}}
+    exc = error(data, folder)
+    assert exc.key == "apps.ios.type"
+    assert "apns" in exc.problem and "fcm" in exc.problem and "console" in exc.problem
+
+
+def test_app_without_type(folder: Path) -> None:
+    data = doc()
+    data["apps"] = {"ios": {"topic": "x"}}
+    assert error(data, folder).key == "apps.ios.type"
+
+
+def test_app_that_is_not_a_table(folder: Path) -> None:
+    data = doc()
+    data["apps"] = {"ios": "apns"}
+    assert error(data, folder).key == "apps.ios"
+
+
+def apns(**kw: Any) -> dict[str, Any]:
+    return doc(apps={"ios": {"type": "apns", "topic": "org.example.chat", **kw}})
+
+
+def test_apns_without_key_file_or_cert_file(folder: Path) -> None:
+    exc = error(apns(), folder)
+    assert exc.key == "apps.ios.key_file"
+    assert "cert_file" in exc.problem
+
+
+def test_apns_key_file_without_key_id(folder: Path) -> None:
+    exc = error(apns(key_file="AuthKey.p8", team_id="T"), folder)
+    assert (exc.key, exc.problem) == ("apps.ios.key_id", "is required")
+
+
+def test_apns_key_file_without_team_id(folder: Path) -> None:
+    assert error(apns(key_file="AuthKey.p8", key_id="K"), folder).key == "apps.ios.team_id"
+
+
+def test_apns_key_file_missing(folder: Path) -> None:
+    exc = error(apns(key_file="Gone.p8", key_id="K", team_id="T"), folder)
+    assert exc.key == "apps.ios.key_file"
+    assert "does not exist" in exc.problem
+
+
+def test_apns_without_topic(folder: Path) -> None:
+    data = doc(apps={"ios": {"type": "apns", "key_file": "AuthKey.p8", "key_id": "K",
+                             "team_id": "T"}})
+    assert error(data, folder).key == "apps.ios.topic"
+
+
+def test_apns_cert_file_alone_is_enough(folder: Path) -> None:
+    (folder / "cert.pem").write_text("pem")
+    app = parse_config(apns(cert_file="cert.pem"), folder).apps[0]
+    assert app.cert_file == str(folder / "cert.pem")
+    assert app.key_file is None
+
+
+def test_apns_bad_environment(folder: Path) -> None:
+    exc = error(apns(key_file="AuthKey.p8", key_id="K", team_id="T",
+                     environment="development"), folder)
+    assert exc.key == "apps.ios.environment"
+    assert "production" in exc.problem and "sandbox" in exc.problem
+
+
+def test_fcm_without_service_account(folder: Path) -> None:
+    data = doc(apps={"android": {"type": "fcm"}})
+    assert error(data, folder).key == "apps.android.service_account_file"
+
+
+def test_console_bad_format(folder: Path) -> None:
+    data = doc(apps={"console": {"format": "webpush"}})
+    assert error(data, folder).key == "apps.console.format"
+
+
+def test_negative_retry_base(folder: Path) -> None:
+    exc = error(doc(delivery={"retry_base": -1}), folder)
+    assert exc.key == "delivery.retry_base"
+    assert "negative" in exc.problem
+
+
+def test_rate_burst_below_one(folder: Path) -> None:
+    assert error(doc(delivery={"rate_burst": 0}), folder).key == "delivery.rate_burst"
+
+
+def test_unknown_delivery_key(folder: Path) -> None:
+    assert error(doc(delivery={"retries": 3}), folder).key == "delivery.retries"
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("xmpp", "port", "5347"),
+    ("xmpp", "port", 5347.0),
+    ("xmpp", "port", True),
+    ("xmpp", "jid", 42),
+    ("delivery", "retry_base", "1"),
+    ("delivery", "max_pending", 1.5),
+    ("appserver", "remote_disable", "yes"),
+    ("appserver", "allowed_domains", "example.org"),
+    ("appserver", "store", ["a"]),
+    ("logging", "level", 10),
+])
+def test_wrong_types(folder: Path, section: str, key: str, value: Any) -> None:
+    exc = error(doc(**{section: {key: value}}), folder)
+    assert exc.key == f"{section}.{key}"
+    assert exc.problem.startswith("must be a ")
+    assert repr(value) in exc.problem
+
+
+def test_port_out_of_range(folder: Path) -> None:
+    assert error(doc(xmpp={"port": 70000}), folder).key == "xmpp.port"
+
+
+def test_bad_mode(folder: Path) -> None:
+    assert error(doc(xmpp={"mode": "server"}), folder).key == "xmpp.mode"
+
+
+def test_allowed_domains_must_be_names(folder: Path) -> None:
+    exc = error(doc(appserver={"allowed_domains": ["example.org", ""]}), folder)
+    assert exc.key == "appserver.allowed_domains"
+
+
+def test_bad_logging_level(folder: Path) -> None:
+    exc = error(doc(logging={"level": "VERBOSE"}), folder)
+    assert exc.key == "logging.level"
+    assert "DEBUG" in exc.problem
+
+
+def test_no_apps_at_all(folder: Path) -> None:
+    data = doc()
+    del data["apps"]
+    exc = error(data, folder)
+    assert exc.key == "apps"
+    assert "console" in exc.problem
+
+
+def test_empty_apps_table(folder: Path) -> None:
+    data = doc()
+    data["apps"] = {}
+    assert error(data, folder).key == "apps"
+
+
+def test_section_that_is_not_a_table(folder: Path) -> None:
+    data = doc()
+    data["delivery"] = "fast"
+    assert error(data, folder).key == "delivery"
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.toml")
+    assert info.value.key == str(tmp_path / "absent.toml")
+    assert "does not exist" in info.value.problem
+    bad = write(tmp_path, "[xmpp\njid = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert info.value.key == str(bad)
+    assert "not valid TOML" in info.value.problem
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+def test_check_config_ok(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(folder, MINIMAL)
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{path}: OK")
+    assert "component push.example.org" in out
+    assert "console (console)" in out
+    assert err == ""
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    (MINIMAL.replace('jid = "push.example.org"\n', ""), "xmpp.jid: is required"),
+    (MINIMAL + "\n[apps.ios]\ntype = \"console\"\ncolour = \"blue\"\n",
+     "apps.ios.colour: is not a known key"),
+    (MINIMAL.replace("[xmpp]\n", "[xmpp]\nport = \"5347\"\n"),
+     "xmpp.port: must be a int, not '5347'"),
+    (MINIMAL + "\n[logging]\nlevel = \"LOUD\"\n",
+     "logging.level: must be DEBUG, INFO, WARNING or ERROR"),
+])
+def test_check_config_bad(folder: Path, capsys: pytest.CaptureFixture[str], text: str,
+                          line: str) -> None:
+    assert main(["check-config", str(write(folder, text))]) == EXIT_CONFIG == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"slixmpp-push: configuration error: {line}\n"
+
+
+def test_check_config_inline_secret(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = MINIMAL.replace('secret_file = "component.secret"', 'secret = "hunter2"')
+    assert main(["check-config", str(write(folder, text))]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"slixmpp-push: configuration error: xmpp\.secret: [^\n]*"
+                        r"xmpp\.secret_file[^\n]*xmpp\.secret_env[^\n]*\n", err)
+    assert "hunter2" not in err
+
+
+def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(tmp_path / "absent.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("slixmpp-push: configuration error: ")
+
+
+def test_check_config_runs_provider_checks(folder: Path, capsys: pytest.CaptureFixture[str],
+                                           ) -> None:
+    # Both credentials load (config.py) but APNs wants one or the other (providers/apns.py).
+    (folder / "cert.pem").write_text("pem")
+    text = MINIMAL + """
+[apps.ios]
+type = "apns"
+topic = "org.example.chat"
+key_file = "AuthKey.p8"
+key_id = "K"
+team_id = "T"
+cert_file = "cert.pem"
+"""
+    assert main(["check-config", str(write(folder, text))]) == 2
+    err = capsys.readouterr().err
+    assert err == ("slixmpp-push: configuration error: apps.ios.cert_file: "
+                   "set either cert_file or key_file, not both\n")
+
+
+# -- the documented production example ----------------------------------------------------------
+def make_credentials(folder: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    (folder / "AuthKey_ABC123DEFG.p8").write_bytes(ec_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    (folder / "firebase-service-account.json").write_text(json.dumps({
+        "type": "service_account",
+        "project_id": "example-chat-12345",
+        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+        "private_key": pem,
+        "client_email": "push@example-chat-12345.iam.gserviceaccount.com",
+        "client_id": "123456789012345678901",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }))
+    (folder / "component.secret").write_text("component-secret\n")
+
+
+def test_example_config_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (DOCS / "example-config.toml").read_text()
+    paths = set(re.findall(r'"(/(?:etc|var)/[^"]+)"', text))
+    assert paths, "the example names its files with absolute paths"
+    for path in paths:
+        text = text.replace(f'"{path}"', f'"{tmp_path / Path(path).name}"')
+    make_credentials(tmp_path)
+    shutil.copy(DOCS / "example-config.toml", tmp_path / "original.toml")
+    config_path = write(tmp_path, text, "example-config.toml")
+
+    config = load_config(config_path)
+    assert config.xmpp.mode == "component"
+    assert config.xmpp.secret == "component-secret"
+    by_id = {app.id: app for app in config.apps}
+    ios = by_id["tigase:messenger:apns:1"]
+    android = by_id["fcm-xmpp-api"]
+    assert ios.type == "apns" and ios.key_file and ios.key_id and ios.team_id
+    assert not ios.sandbox
+    assert android.type == "fcm" and android.service_account_file
+
+    assert main(["check-config", str(config_path)]) == 0
+    assert ": OK" in capsys.readouterr().out
+
+    # The dummy credentials are real ones: the providers' own loaders take them.
+    from firebase_admin import credentials
+
+    from slixmpp_push.providers.apns import ApnsProvider
+
+    assert "BEGIN PRIVATE KEY" in ApnsProvider(ios)._read_key()
+    assert android.service_account_file is not None
+    assert credentials.Certificate(android.service_account_file).project_id == \
+        "example-chat-12345"
+
+
+def test_minimal_console_example_in_the_docs_is_accepted(tmp_path: Path) -> None:
+    text = (DOCS / "configuration.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    minimal = [b for b in blocks if 'type = "console"' in b and "[apps." in b]
+    assert minimal, "docs/configuration.md shows a minimal console config"
+    (tmp_path / "component.secret").write_text("s\n")
+    config = load_config(write(tmp_path, minimal[0]))
+    assert [app.type for app in config.apps] == ["console"]
+
+
+def test_production_example_in_the_docs_is_the_example_file() -> None:
+    text = (DOCS / "configuration.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    production = [b for b in blocks if 'type = "fcm"' in b]
+    example = (DOCS / "example-config.toml").read_text()
+    assert len(production) == 1
+    assert production[0] == example[example.index("[xmpp]"):]

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import Config, load_config
+from .config import Config, check_credentials, load_config
 from .errors import ConfigError, MissingDependency, StoreError
 from .logs import setup_logging
 
@@ -35,6 +35,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for app in config.apps:
         create_provider(app)  # imports the SDKs each app needs
+        check_credentials(app)
     print(f"{args.config}: OK — {config.xmpp.mode} {config.xmpp.jid}, "
           f"apps: {', '.join(f'{a.id} ({a.type})' for a in config.apps)}, store {config.store}")
     return 0

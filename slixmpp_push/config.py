@@ -98,6 +98,10 @@ def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "a table"}
+
+
 class _Section:
     """Typed reads of one TOML table; every key read is remembered."""
 
@@ -122,16 +126,29 @@ class _Section:
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)
                                            and kind is not bool):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(
-                k.__name__ for k in kind)
-            raise ConfigError(self.key(name), f"must be a {names}, not {value!r}")
+            kinds = (kind,) if isinstance(kind, type) else kind
+            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise ConfigError(self.key(name), f"must be {names}, not {value!r}")
         return value
 
-    def positive(self, name: str, default: float) -> float:
+    def positive(self, name: str, default: float, *, allow_zero: bool = True) -> float:
         value = self.get(name, float, default)
-        if value < 0:
-            raise ConfigError(self.key(name), f"must not be negative, got {value}")
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = "at least 0" if allow_zero else "more than 0"
+            raise ConfigError(self.key(name), f"must be {bound}, got {value}")
         return float(value)
+
+    def count(self, name: str, default: int, minimum: int = 1) -> int:
+        value = self.get(name, int, default)
+        if value < minimum:
+            raise ConfigError(self.key(name), f"must be at least {minimum}, got {value}")
+        return int(value)
+
+    def strings(self, name: str) -> list[str]:
+        values = self.get(name, list, [])
+        if not all(isinstance(v, str) and v for v in values):
+            raise ConfigError(self.key(name), "must be a list of non-empty strings")
+        return list(values)
 
     def path(self, name: str, must_exist: bool = True) -> str | None:
         value = self.get(name, str)
@@ -149,6 +166,8 @@ class _Section:
             raise ConfigError(self.key(name), f"inline secrets are not accepted: use "
                               f"{self.key(name + '_file')} or {self.key(name + '_env')}")
         file_key, env_key = f"{name}_file", f"{name}_env"
+        if file_key in self.data and env_key in self.data:
+            raise ConfigError(self.key(file_key), f"set either {file_key} or {env_key}, not both")
         if file_key in self.data:
             path = self.path(file_key)
             assert path is not None
@@ -200,10 +219,10 @@ def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
     app = AppConfig(
         id=app_id, type=kind,
         include_body=section.get("include_body", bool, False),
-        timeout=section.positive("timeout", 10.0),
-        ttl=section.get("ttl", int, 604_800),
-        call_ttl=section.get("call_ttl", int, 30),
-        monal_modules=tuple(section.get("monal_modules", list, [])),
+        timeout=section.positive("timeout", 10.0, allow_zero=False),
+        ttl=section.count("ttl", 604_800, minimum=0),
+        call_ttl=section.count("call_ttl", 30, minimum=0),
+        monal_modules=tuple(section.strings("monal_modules")),
         endpoint=section.get("endpoint", str),
         ca_file=section.path("ca_file"),
     )
@@ -219,13 +238,18 @@ def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
         if environment not in ("production", "sandbox"):
             raise ConfigError(section.key("environment"), "must be 'production' or 'sandbox'")
         app.sandbox = environment == "sandbox"
-        app.max_connections = section.get("max_connections", int, 4)
+        app.max_connections = section.count("max_connections", 4)
         app.key_file = section.path("key_file")
         app.cert_file = section.path("cert_file")
-        if app.key_file:
-            app.key_id = section.get("key_id", str, required=True)
-            app.team_id = section.get("team_id", str, required=True)
-        elif not app.cert_file:
+        app.key_id = section.get("key_id", str, required=bool(app.key_file))
+        app.team_id = section.get("team_id", str, required=bool(app.key_file))
+        if app.key_file and app.cert_file:
+            raise ConfigError(section.key("cert_file"),
+                              "use key_file (token auth) or cert_file, not both")
+        if not app.key_file and (app.key_id or app.team_id):
+            raise ConfigError(section.key("key_id" if app.key_id else "team_id"),
+                              "is only used with key_file (token auth)")
+        if not app.key_file and not app.cert_file:
             raise ConfigError(section.key("key_file"),
                               "an APNs app needs key_file (.p8 token auth) or cert_file")
     if kind == "fcm":
@@ -262,12 +286,10 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
         retry_base=section.positive("retry_base", defaults.retry_base),
         retry_max_delay=section.positive("retry_max_delay", defaults.retry_max_delay),
         give_up_after=section.positive("give_up_after", defaults.give_up_after),
-        max_pending=section.get("max_pending", int, defaults.max_pending),
-        rate_burst=section.get("rate_burst", int, defaults.rate_burst),
+        max_pending=section.count("max_pending", defaults.max_pending),
+        rate_burst=section.count("rate_burst", defaults.rate_burst),
         rate_interval=section.positive("rate_interval", defaults.rate_interval),
     )
-    if policy.rate_burst < 1:
-        raise ConfigError("delivery.rate_burst", "must be at least 1")
     section.finish()
 
     apps_table = _table(data, "apps", "")
@@ -289,8 +311,11 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     metrics_listen = None
     if listen is not None:
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError("metrics.listen", f"must be 'host:port', not {listen!r}")
+        bracketed = host.startswith("[") and host.endswith("]")
+        if (not host or not port.isdigit() or not 0 < int(port) < 65536
+                or (":" in host and not bracketed)):
+            raise ConfigError("metrics.listen",
+                              f"must be 'host:port' (IPv6 as '[::1]:port'), not {listen!r}")
         metrics_listen = (host.strip("[]"), int(port))
     metrics_section.finish()
     return Config(xmpp=xmpp, apps=apps, store=store, allowed_domains=allowed,
@@ -310,3 +335,45 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     config = parse_config(data, file.resolve().parent)
     config.source = file
     return config
+
+
+def check_credentials(app: AppConfig) -> None:
+    """Read an app's key, certificate or service account without connecting.
+
+    ``check-config`` calls it so that a wrong file is found before start-up.
+    """
+    if app.type == "apns" and app.key_file:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        try:
+            key = serialization.load_pem_private_key(Path(app.key_file).read_bytes(), None)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ConfigError(f"apps.{app.id}.key_file",
+                              f"is not a readable .p8 key: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"apps.{app.id}.key_file", "is not an EC (ES256) key")
+    if app.type == "apns" and app.cert_file:
+        from cryptography import x509
+
+        try:
+            x509.load_pem_x509_certificate(Path(app.cert_file).read_bytes())
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"apps.{app.id}.cert_file",
+                              f"holds no PEM certificate: {exc}") from None
+    if app.type == "fcm" and app.service_account_file:
+        import json
+
+        try:
+            account = json.loads(Path(app.service_account_file).read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"apps.{app.id}.service_account_file",
+                              f"is not a JSON file: {exc}") from None
+        missing = [k for k in ("type", "private_key", "client_email", "token_uri")
+                   if not isinstance(account, dict) or not account.get(k)]
+        if missing:
+            raise ConfigError(f"apps.{app.id}.service_account_file",
+                              f"is not a service-account key (no {missing[0]!r})")
+        if not app.project_id and not account.get("project_id"):
+            raise ConfigError(f"apps.{app.id}.project_id",
+                              "is required (the service account names no project)")

@@ -146,7 +146,9 @@ def _visible_fields(registration: Registration, notification: Notification,
 
 
 def _size(payload: dict[str, Any]) -> int:
-    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+    # Measured as aioapns serialises it (default separators, with spaces):
+    # the compact form would undercount by a few bytes and APNs answers 413.
+    return len(json.dumps(payload, ensure_ascii=False).encode())
 
 
 def _fit(payload: dict[str, Any], limit: int, nested: Any = None) -> dict[str, Any]:

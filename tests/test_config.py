@@ -68,6 +68,8 @@ def test_minimal_config_loads_with_defaults(folder: Path) -> None:
     assert config.remote_disable is True
     assert config.delivery == DeliveryPolicy()
     assert config.log_level == "INFO"
+    assert config.log_format == "text"
+    assert config.metrics_listen is None
     assert config.source == folder / "push.toml"
     assert config.apps == [AppConfig(id="console", type="console", topic="", format="apns")]
 
@@ -152,11 +154,14 @@ def test_delivery_and_logging_values(folder: Path) -> None:
         delivery={"reply_within": 1, "retry_base": 0.5, "retry_max_delay": 60,
                   "give_up_after": 3600, "max_pending": 10, "rate_burst": 3,
                   "rate_interval": 0},
-        logging={"level": "debug"},
+        logging={"level": "debug", "format": "json"},
+        metrics={"listen": "[::1]:9108"},
         appserver={"allowed_domains": ["example.org", "example.net"],
                    "remote_disable": False}), folder)
     assert config.delivery == DeliveryPolicy(1.0, 0.5, 60.0, 3600.0, 10, 3, 0.0)
     assert config.log_level == "DEBUG"
+    assert config.log_format == "json"
+    assert config.metrics_listen == ("::1", 9108)
     assert config.allowed_domains == ["example.org", "example.net"]
     assert config.remote_disable is False
 
@@ -300,7 +305,8 @@ def test_apns_without_topic(folder: Path) -> None:
 
 def test_apns_cert_file_alone_is_enough(folder: Path) -> None:
     (folder / "cert.pem").write_text("pem")
-    app = parse_config(apns(cert_file="cert.pem"), folder).apps[0]
+    apps = parse_config(apns(cert_file="cert.pem"), folder).apps
+    app = next(a for a in apps if a.id == "ios")
     assert app.cert_file == str(folder / "cert.pem")
     assert app.key_file is None
 
@@ -318,14 +324,14 @@ def test_fcm_without_service_account(folder: Path) -> None:
 
 
 def test_console_bad_format(folder: Path) -> None:
-    data = doc(apps={"console": {"format": "webpush"}})
+    data = doc(apps={"console": {"type": "console", "format": "webpush"}})
     assert error(data, folder).key == "apps.console.format"
 
 
 def test_negative_retry_base(folder: Path) -> None:
     exc = error(doc(delivery={"retry_base": -1}), folder)
     assert exc.key == "delivery.retry_base"
-    assert "negative" in exc.problem
+    assert "at least 0" in exc.problem
 
 
 def test_rate_burst_below_one(folder: Path) -> None:
@@ -351,7 +357,7 @@ def test_unknown_delivery_key(folder: Path) -> None:
 def test_wrong_types(folder: Path, section: str, key: str, value: Any) -> None:
     exc = error(doc(**{section: {key: value}}), folder)
     assert exc.key == f"{section}.{key}"
-    assert exc.problem.startswith("must be a ")
+    assert exc.problem.startswith("must be ")
     assert repr(value) in exc.problem
 
 
@@ -372,6 +378,21 @@ def test_bad_logging_level(folder: Path) -> None:
     exc = error(doc(logging={"level": "VERBOSE"}), folder)
     assert exc.key == "logging.level"
     assert "DEBUG" in exc.problem
+
+
+def test_bad_logging_format(folder: Path) -> None:
+    assert error(doc(logging={"format": "xml"}), folder).key == "logging.format"
+
+
+@pytest.mark.parametrize("listen", ["9108", ":9108", "localhost:http", "127.0.0.1:70000"])
+def test_bad_metrics_listen(folder: Path, listen: str) -> None:
+    exc = error(doc(metrics={"listen": listen}), folder)
+    assert exc.key == "metrics.listen"
+    assert repr(listen) in exc.problem
+
+
+def test_unknown_metrics_key(folder: Path) -> None:
+    assert error(doc(metrics={"port": 9108}), folder).key == "metrics.port"
 
 
 def test_no_apps_at_all(folder: Path) -> None:
@@ -422,7 +443,7 @@ def test_check_config_ok(folder: Path, capsys: pytest.CaptureFixture[str]) -> No
     (MINIMAL + "\n[apps.ios]\ntype = \"console\"\ncolour = \"blue\"\n",
      "apps.ios.colour: is not a known key"),
     (MINIMAL.replace("[xmpp]\n", "[xmpp]\nport = \"5347\"\n"),
-     "xmpp.port: must be a int, not '5347'"),
+     "xmpp.port: must be an integer, not '5347'"),
     (MINIMAL + "\n[logging]\nlevel = \"LOUD\"\n",
      "logging.level: must be DEBUG, INFO, WARNING or ERROR"),
 ])
@@ -466,7 +487,7 @@ cert_file = "cert.pem"
     assert main(["check-config", str(write(folder, text))]) == 2
     err = capsys.readouterr().err
     assert err == ("slixmpp-push: configuration error: apps.ios.cert_file: "
-                   "set either cert_file or key_file, not both\n")
+                   "use key_file (token auth) or cert_file, not both\n")
 
 
 # -- the documented production example ----------------------------------------------------------
@@ -513,6 +534,7 @@ def test_example_config_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert ios.type == "apns" and ios.key_file and ios.key_id and ios.team_id
     assert not ios.sandbox
     assert android.type == "fcm" and android.service_account_file
+    assert config.metrics_listen == ("127.0.0.1", 9108)
 
     assert main(["check-config", str(config_path)]) == 0
     assert ": OK" in capsys.readouterr().out
@@ -545,3 +567,34 @@ def test_production_example_in_the_docs_is_the_example_file() -> None:
     example = (DOCS / "example-config.toml").read_text()
     assert len(production) == 1
     assert production[0] == example[example.index("[xmpp]"):]
+
+
+def test_credential_and_bound_checks(tmp_path: Path) -> None:
+    from slixmpp_push.config import check_credentials
+
+    (tmp_path / "s").write_text("x")
+    (tmp_path / "bad.p8").write_text("not a key")
+    base = {"xmpp": {"jid": "push.x", "secret_file": "s"}}
+
+    def app(**keys: object) -> dict[str, object]:
+        return {**base, "apps": {"ios": {"type": "apns", "topic": "t", **keys}}}
+
+    with pytest.raises(ConfigError, match="key_id: is only used with key_file"):
+        parse_config(app(cert_file="s", key_id="K"), tmp_path)
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config({**base, "xmpp": {"jid": "j", "secret_file": "s", "secret_env": "HOME"},
+                      "apps": {"c": {"type": "console"}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"apps\.ios\.timeout"):
+        parse_config(app(cert_file="s", timeout=0), tmp_path)
+    with pytest.raises(ConfigError, match=r"apps\.ios\.ttl"):
+        parse_config(app(cert_file="s", ttl=-1), tmp_path)
+    with pytest.raises(ConfigError, match="monal_modules"):
+        parse_config(app(cert_file="s", monal_modules=[1]), tmp_path)
+    with pytest.raises(ConfigError, match=r"metrics\.listen"):
+        parse_config({**app(cert_file="s"), "metrics": {"listen": "a:b:9108"}}, tmp_path)
+    config = parse_config(app(key_file="bad.p8", key_id="K", team_id="T"), tmp_path)
+    with pytest.raises(ConfigError, match=r"apps\.ios\.key_file: is not a readable \.p8 key"):
+        check_credentials(config.apps[0])
+    config = parse_config(app(cert_file="s"), tmp_path)
+    with pytest.raises(ConfigError, match="cert_file: holds no PEM certificate"):
+        check_credentials(config.apps[0])

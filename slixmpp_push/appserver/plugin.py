@@ -418,7 +418,7 @@ class PushAppServer(BasePlugin):
     def _send_remote_disable(self, registration: Registration) -> None:
         message: Message = self.xmpp.make_message(mto=registration.account)
         pubsub = message["pubsub"]
-        pubsub["node"] = registration.node
+        pubsub.xml.set("node", registration.node)  # slixmpp's Pubsub has no node interface
         pubsub["push_affiliation"]["jid"] = registration.account
         pubsub["push_affiliation"]["affiliation"] = "none"
         message.send()

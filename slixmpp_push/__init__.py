@@ -12,6 +12,7 @@ from .appserver import DeliveryPolicy, PushAppServer, Submitted
 from .config import AppConfig
 from .errors import ConfigError, DeliveryResult, MissingDependency, Outcome, PushError, StoreError
 from .models import Dialect, Notification, Priority, Registration
+from .notifier import Policy, PushNotifier, Step
 from .store import MemoryStore, Store, TinyDBStore
 from .xep_0357 import register_stanzas
 
@@ -19,9 +20,28 @@ __version__ = "0.1.0"
 
 register_stanzas()
 _register_plugin(PushAppServer)
+_register_plugin(PushNotifier)
 
 __all__ = [
-    "AppConfig", "ConfigError", "DeliveryPolicy", "DeliveryResult", "Dialect", "MemoryStore",
-    "MissingDependency", "Notification", "Outcome", "Priority", "PushAppServer", "PushError",
-    "Registration", "Store", "StoreError", "Submitted", "TinyDBStore", "__version__",
+    "AppConfig",
+    "ConfigError",
+    "DeliveryPolicy",
+    "DeliveryResult",
+    "Dialect",
+    "MemoryStore",
+    "MissingDependency",
+    "Notification",
+    "Outcome",
+    "Policy",
+    "Priority",
+    "PushAppServer",
+    "PushError",
+    "PushNotifier",
+    "Registration",
+    "Step",
+    "Store",
+    "StoreError",
+    "Submitted",
+    "TinyDBStore",
+    "__version__",
 ]

@@ -19,7 +19,8 @@ REGISTRATIONS = "registrations"
 PENDING = "pending"
 DEAD_TOKENS = "dead_tokens"
 CLIENT_REGISTRATIONS = "client_registrations"  # push_registrar: this device's registrations
-TABLES = (REGISTRATIONS, PENDING, DEAD_TOKENS, CLIENT_REGISTRATIONS)
+PAGES = "pages"  # push_notifier: open pages and their escalation state
+TABLES = (REGISTRATIONS, PENDING, DEAD_TOKENS, CLIENT_REGISTRATIONS, PAGES)
 
 #: One change: (table, key, document or None for a deletion).
 Op = tuple[str, str, dict[str, Any] | None]

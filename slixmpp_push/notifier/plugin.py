@@ -1,0 +1,369 @@
+"""``push_notifier``: let a bot page people and keep at it until someone acks.
+
+Routes a notification two ways: through the ``push_appserver`` in the same
+bot (it knows every device an account registered), or as an XEP-0357
+publisher to any remote app server. A chat message with the full text goes
+alongside each push (plain, to a group chat, or OMEMO-encrypted: see
+``chat_sender``).
+
+Config keys:
+
+``policies`` / ``default_policy``
+    ``{name: Policy}`` escalation policies and the one used when none is named.
+``groups``
+    ``{name: [target, …]}``; a target is an account JID (all its devices and a
+    chat message), ``node:<node>`` (one registration), ``remote:<name>`` (a
+    node on a remote app server, see ``remotes``) or ``group:<name>``.
+``remotes``
+    ``{name: RemoteTarget}``.
+``responders``
+    Accounts that may ack or resolve any page (anyone paged may always).
+``chat`` / ``chat_sender``
+    Send chat messages (default True) and how (default: plain ``chat``).
+``store``
+    Where pages are kept; default: the ``push_appserver``'s store.
+
+Chat commands understood from people: ``ack [ID]``, ``resolve [ID]``,
+``pages``, ``oncall``. Events: ``page_opened``, ``page_acked``,
+``page_resolved``, ``page_escalated`` (a Page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from slixmpp import JID, Message
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.base import BasePlugin
+
+from ..appserver import PushAppServer, Submitted
+from ..models import Notification, Priority
+from ..store import MemoryStore, Store
+from .chat import ChatSender, PlainChat
+from .models import Page, PageState, Policy
+from .paging import PageEngine
+from .publisher import RemoteTarget, publish
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP_DEPTH = 8
+FAN_OUT = 200  # deliveries in flight at once
+
+
+@dataclass(slots=True)
+class NotifyReport:
+    """What one notify reached: pushes per node, remote publishes, chat messages."""
+
+    pushes: dict[str, Submitted] = field(default_factory=dict)
+    remote: dict[str, str] = field(default_factory=dict)  # name → "ok" or the error
+    chats: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # targets that named nothing
+
+    @property
+    def delivered(self) -> int:
+        ok = (Submitted.DELIVERED, Submitted.QUEUED, Submitted.THROTTLED)
+        return sum(1 for s in self.pushes.values() if s in ok) + sum(
+            1 for r in self.remote.values() if r == "ok")
+
+
+class PushNotifier(BasePlugin):
+    name = "push_notifier"
+    description = "Paging and escalation over XEP-0357 push"
+    dependencies = {"xep_0030"}
+    default_config = {
+        "policies": {},
+        "default_policy": None,
+        "groups": {},
+        "remotes": {},
+        "responders": (),
+        "chat": True,
+        "chat_sender": None,
+        "store": None,
+    }
+
+    def plugin_init(self) -> None:
+        self.policies: dict[str, Policy] = dict(self.config.get("policies") or {})
+        self.groups: dict[str, list[str]] = dict(self.config.get("groups") or {})
+        self.remotes: dict[str, RemoteTarget] = dict(self.config.get("remotes") or {})
+        self.chat_sender: ChatSender = self.config.get("chat_sender") or PlainChat(self.xmpp)
+        self._own_store: Store | None = self.config.get("store")
+        self.engine: PageEngine | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._receipts: dict[str, str] = {}  # message id → page id
+        self._fan_out = asyncio.Semaphore(FAN_OUT)
+        self.xmpp.add_event_handler("message", self._on_message)
+        self.xmpp.add_event_handler("receipt_received", self._on_receipt)
+        self.xmpp.add_event_handler("session_start", self._on_session_start)
+
+    def plugin_end(self) -> None:
+        self.xmpp.del_event_handler("message", self._on_message)
+        self.xmpp.del_event_handler("receipt_received", self._on_receipt)
+        self.xmpp.del_event_handler("session_start", self._on_session_start)
+
+    # -- life cycle -------------------------------------------------------------------
+    @property
+    def appserver(self) -> PushAppServer | None:
+        plugins: Any = self.xmpp.plugin
+        return plugins["push_appserver"] if "push_appserver" in plugins else None
+
+    async def start(self) -> None:
+        """Open the store and resume open pages (also done at session start)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        appserver = self.appserver
+        if self._own_store is not None:
+            store = self._own_store
+            await store.open()
+        elif appserver is not None:
+            await appserver.start()
+            store = appserver.store
+        else:
+            log.warning("push_notifier without push_appserver or a store: pages are not kept")
+            store = MemoryStore()
+            await store.open()
+        self.engine = PageEngine(store, self.policies, self._send_page)
+        self.engine.resume()
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+        if self._own_store is not None:
+            await self._own_store.close()
+
+    async def _on_session_start(self, _event: Any) -> None:
+        await self.start()
+
+    async def _engine(self) -> PageEngine:
+        await self.start()
+        assert self.engine is not None
+        return self.engine
+
+    # -- notify -------------------------------------------------------------------------
+    async def notify(self, target: str | Sequence[str], title: str, body: str = "",
+                     priority: Priority | str = Priority.NORMAL, key: str | None = None,
+                     ) -> NotifyReport:
+        """Push to every device of the targets, with a chat message alongside.
+
+        With ``key``, an identical notification sent again while the first is
+        still pending on a device replaces it (the provider collapses it).
+        """
+        await self.start()
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        priority = Priority(priority)
+        text = self._text(title, body, priority, None)
+        return await self._deliver(targets, self._notification(title, body, priority), text)
+
+    async def _deliver(self, targets: Sequence[str], notification: Notification,
+                       text: str, page: Page | None = None) -> NotifyReport:
+        report = NotifyReport()
+        jobs = []
+        for spec in self.expand(targets, report):
+            jobs.append(self._deliver_one(spec, notification, text, report, page))
+        await asyncio.gather(*jobs)
+        return report
+
+    async def _deliver_one(self, spec: str, notification: Notification, text: str,
+                           report: NotifyReport, page: Page | None) -> None:
+        appserver = self.appserver
+        async with self._fan_out:
+            if spec.startswith("remote:"):
+                name = spec[len("remote:"):]
+                try:
+                    await publish(self.xmpp, self.remotes[name], notification)
+                    report.remote[name] = "ok"
+                except (IqError, IqTimeout) as exc:
+                    condition = exc.iq["error"]["condition"] if isinstance(exc, IqError) \
+                        else "timeout"
+                    log.warning("remote push %s refused: %s", name, condition)
+                    report.remote[name] = condition
+                return
+            if spec.startswith("node:"):
+                registration = appserver.store.get(spec[5:]) if appserver else None
+                if registration is None:
+                    report.unknown.append(spec)
+                    return
+                report.pushes[registration.node] = await appserver.notify(  # type: ignore
+                    registration, notification)
+                return
+            account = JID(spec).bare
+            if appserver is not None:
+                for registration in appserver.store.by_account(account):
+                    try:
+                        report.pushes[registration.node] = await appserver.notify(
+                            registration, notification)
+                    except Exception as exc:  # one device's trouble must not stop a page
+                        log.error("push to %s failed: %s", registration.node, exc)
+            if self.config.get("chat", True):
+                message_id = await self.chat_sender.send(account, text)
+                report.chats.append(account)
+                if message_id and page is not None:
+                    self._receipts[message_id] = page.id
+                    del_oldest(self._receipts, 10_000)
+            if page is not None and account not in page.paged:
+                page.paged.append(account)
+
+    def expand(self, targets: Sequence[str], report: NotifyReport | None = None,
+               depth: int = 0) -> list[str]:
+        """Flatten groups into account JIDs, ``node:`` and ``remote:`` targets."""
+        flat: list[str] = []
+        for spec in targets:
+            spec = spec.strip()
+            if spec.startswith("group:"):
+                members = self.groups.get(spec[6:])
+                if members is None or depth >= MAX_GROUP_DEPTH:
+                    if report is not None:
+                        report.unknown.append(spec)
+                    continue
+                flat.extend(self.expand(members, report, depth + 1))
+            elif spec.startswith("remote:") and spec[7:] not in self.remotes:
+                if report is not None:
+                    report.unknown.append(spec)
+            elif spec and spec not in flat:
+                flat.append(spec)
+        return list(dict.fromkeys(flat))
+
+    def _notification(self, title: str, body: str, priority: Priority) -> Notification:
+        return Notification(title=title, body=body, priority=priority, message_count=1,
+                            sender=str(self.xmpp.boundjid.bare), received_at=time.time())
+
+    @staticmethod
+    def _text(title: str, body: str, priority: Priority, page: Page | None) -> str:
+        head = f"[{priority.value.upper()}] {title}"
+        if page is not None:
+            head = f"PAGE {page.id} {head}"
+        lines = [head] + ([body] if body else [])
+        if page is not None:
+            lines.append(f'Reply "ack {page.id}" to take it, "resolve {page.id}" when fixed.')
+        return "\n".join(lines)
+
+    # -- paging -------------------------------------------------------------------------
+    async def page(self, key: str, title: str, body: str = "",
+                   priority: Priority | str = Priority.HIGH, policy: str | None = None,
+                   source: str = "") -> tuple[Page, bool]:
+        """Open a page (or find the active one with this key): (page, newly opened)."""
+        engine = await self._engine()
+        name = policy or self.config.get("default_policy") or next(iter(self.policies), None)
+        if name is None:
+            raise ValueError("no escalation policy is configured")
+        page, created = await engine.open(key, title, body, Priority(priority), name, source)
+        if created:
+            self.xmpp.event("page_opened", page)
+        return page, created
+
+    async def ack(self, page_id: str | None, by: str) -> Page | None:
+        engine = await self._engine()
+        page = engine.find(page_id) if page_id else engine.latest_for(JID(by).bare)
+        if page is None:
+            return None
+        await engine.ack(page, JID(by).bare)
+        self.xmpp.event("page_acked", page)
+        return page
+
+    async def resolve(self, page_id: str | None, by: str) -> Page | None:
+        engine = await self._engine()
+        page = engine.find(page_id) if page_id else engine.latest_for(JID(by).bare)
+        if page is None:
+            return None
+        await engine.resolve(page, by)
+        self.xmpp.event("page_resolved", page)
+        if self.config.get("chat", True):
+            for account in page.paged:
+                if account != JID(by).bare:
+                    await self.chat_sender.send(account, f"PAGE {page.id} resolved by {by}: "
+                                                         f"{page.title}")
+        return page
+
+    async def resolve_key(self, key: str, by: str) -> Page | None:
+        """Resolve the active page with ``key`` (an alert source says it is over)."""
+        engine = await self._engine()
+        page = engine.by_key(key)
+        return await self.resolve(page.id, by) if page is not None else None
+
+    def oncall(self, policy: str | None = None) -> list[str]:
+        """Who the first step of a policy pages (accounts and other targets)."""
+        name = policy or self.config.get("default_policy") or next(iter(self.policies), None)
+        if name is None or name not in self.policies:
+            return []
+        return self.expand(self.policies[name].steps[0].targets)
+
+    async def _send_page(self, page: Page, targets: tuple[str, ...], reason: str) -> None:
+        title = page.title if reason == "page" else f"UNACKNOWLEDGED: {page.title}"
+        notification = self._notification(f"[{page.id}] {title}", page.body, page.priority)
+        text = self._text(title, page.body, page.priority, page)
+        report = await self._deliver(targets, notification, text, page)
+        page.log(time.time(), "sent", f"{reason}: {report.delivered} push(es), "
+                                      f"{len(report.chats)} chat(s)")
+        if self.engine is not None:
+            await self.engine.store.set_doc("pages", page.id, page.to_doc()) \
+                if page.active else None
+        if reason == "page" and (page.step or page.round):
+            self.xmpp.event("page_escalated", page)
+
+    # -- people talking back -------------------------------------------------------------
+    async def _on_message(self, message: Message) -> None:
+        if message["type"] not in ("chat", "normal") or not message["body"]:
+            return
+        sender = message["from"].bare
+        if sender == self.xmpp.boundjid.bare:
+            return
+        words = message["body"].strip().split()
+        if not words:
+            return
+        verb = words[0].lower()
+        argument = words[1].upper() if len(words) > 1 else None
+        if verb not in ("ack", "resolve", "pages", "oncall"):
+            return
+        engine = await self._engine()
+        if verb == "pages":
+            lines = [f"{p.id} {p.state.value} {p.priority.value} {p.title}"
+                     for p in sorted(engine.pages.values(), key=lambda p: p.created)]
+            self._reply(message, "\n".join(lines) or "No open pages.")
+            return
+        if verb == "oncall":
+            self._reply(message, "On call: " + (", ".join(self.oncall()) or "nobody"))
+            return
+        page = engine.find(argument) if argument else engine.latest_for(sender)
+        if page is None:
+            self._reply(message, f"No open page {argument}." if argument else
+                        "No open page of yours.")
+            return
+        if sender not in page.paged and sender not in set(self.config.get("responders", ())):
+            self._reply(message, f"You were not paged for {page.id}.")
+            return
+        if verb == "ack":
+            await self.ack(page.id, sender)
+            until = ""
+            policy = self.policies.get(page.policy)
+            if policy is not None and policy.ack_timeout:
+                until = f" for {int(policy.ack_timeout // 60) or 1} min"
+            self._reply(message, f"Acknowledged {page.id}{until}: escalation stopped.")
+        else:
+            await self.resolve(page.id, sender)
+            self._reply(message, f"Resolved {page.id}.")
+
+    def _reply(self, message: Message, text: str) -> None:
+        self.xmpp.make_message(mto=message["from"], mbody=text, mtype="chat",
+                               mfrom=message["to"]).send()
+
+    async def _on_receipt(self, message: Message) -> None:
+        page_id = self._receipts.pop(str(message["receipt"]), None)
+        if page_id is None or self.engine is None:
+            return
+        page = self.engine.find(page_id)
+        if page is not None and page.state is not PageState.RESOLVED:
+            page.log(time.time(), "receipt", message["from"].bare)
+            await self.engine.store.set_doc("pages", page.id, page.to_doc())
+
+
+def del_oldest(mapping: dict[str, str], keep: int) -> None:
+    """Bound a dict used as a FIFO (insertion order) to ``keep`` entries."""
+    while len(mapping) > keep:
+        del mapping[next(iter(mapping))]

@@ -1,0 +1,57 @@
+"""Publish to a remote app server as an XEP-0357 publisher (any bot, any app server).
+
+The same publish IQ a user's server sends: a summary form, the Tigase
+priority element for urgent pages, and the secret in publish-options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.etree import ElementTree as ET
+
+from slixmpp.basexmpp import BaseXMPP
+
+from ..models import Notification
+from ..xep_0357.stanza import NS, NS_PRIORITY, PUBLISH_OPTIONS_FORM_TYPE, SUMMARY_FORM_TYPE
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+DATA = "jabber:x:data"
+
+
+@dataclass(slots=True, frozen=True)
+class RemoteTarget:
+    """A node on someone else's app server (what a user's <enable/> names)."""
+
+    jid: str
+    node: str
+    secret: str | None = None
+
+
+def _form(parent: ET.Element, form_type: str, fields: dict[str, str]) -> None:
+    form = ET.SubElement(parent, f"{{{DATA}}}x", type="submit")
+    for var, value in {"FORM_TYPE": form_type, **fields}.items():
+        field = ET.SubElement(form, f"{{{DATA}}}field", var=var)
+        ET.SubElement(field, f"{{{DATA}}}value").text = value
+
+
+async def publish(xmpp: BaseXMPP, target: RemoteTarget, notification: Notification,
+                  timeout: float = 15.0) -> None:
+    """Send one publish; raises slixmpp's IqError / IqTimeout when it is refused."""
+    iq = xmpp.make_iq_set(ito=target.jid)
+    pubsub = ET.SubElement(iq.xml, f"{{{PUBSUB}}}pubsub")
+    item = ET.SubElement(ET.SubElement(pubsub, f"{{{PUBSUB}}}publish", node=target.node),
+                         f"{{{PUBSUB}}}item")
+    element = ET.SubElement(item, f"{{{NS}}}notification")
+    summary = {"message-count": str(notification.message_count or 1)}
+    if notification.sender:
+        summary["last-message-sender"] = notification.sender
+    text = " — ".join(t for t in (notification.title, notification.body) if t)
+    if text:
+        summary["last-message-body"] = text
+    _form(element, SUMMARY_FORM_TYPE, summary)
+    if notification.priority.is_urgent:
+        ET.SubElement(element, f"{{{NS_PRIORITY}}}priority").text = "high"
+    if target.secret is not None:
+        options = ET.SubElement(pubsub, f"{{{PUBSUB}}}publish-options")
+        _form(options, PUBLISH_OPTIONS_FORM_TYPE, {"secret": target.secret})
+    await iq.send(timeout=timeout)

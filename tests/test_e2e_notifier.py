@@ -1,0 +1,54 @@
+"""push_notifier end to end on real Prosody: page, escalate, ack, resolve, restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fakes.fake_apns import FakeApns
+from fakes.tls import TestCA
+from notifier_support import person, pushes_for, running_bot, two_step_policy
+from servers import Connections, make_account
+
+from slixmpp_push.devserver import ProsodyServer
+from slixmpp_push.notifier import PageState
+
+BOT = "push.localhost"
+
+
+async def test_page_escalates_until_ack(prosody_server: ProsodyServer, xmpp: Connections,
+                                        fake_apns: FakeApns, test_ca: TestCA, apns_key: Path,
+                                        tmp_path: Path) -> None:
+    alice_account = await make_account(prosody_server, "alice")
+    bob_account = await make_account(prosody_server, "bob")
+    policy = two_step_policy(alice_account.jid, bob_account.jid, wait=1.0)
+    async with running_bot(xmpp, prosody_server, fake_apns, test_ca, apns_key,
+                           tmp_path / "s.json", [policy]) as notifier:
+        alice = await person(xmpp, prosody_server, BOT, alice_account, "a1" * 32)
+        bob = await person(xmpp, prosody_server, BOT, bob_account, "b2" * 32)
+        page, created = await notifier.page("db1-disk", "Disk full on db1", "97% used",
+                                            priority="critical")
+        assert created
+        (push,) = await pushes_for(fake_apns, alice.token, 1)
+        assert push.headers["apns-push-type"] == "alert"
+        assert push.headers["apns-priority"] == "10"
+        assert push.body["aps"]["interruption-level"] == "critical"
+        assert push.body["aps"]["alert"]["title"] == f"[{page.id}] Disk full on db1"
+        text = await alice.next_message()
+        assert f"PAGE {page.id}" in text and "97% used" in text
+        # Nobody acks: after the wait, the second step pages bob.
+        await pushes_for(fake_apns, bob.token, 1, timeout=5)
+        assert f"PAGE {page.id}" in await bob.next_message()
+        # A duplicate does not page again.
+        again, created = await notifier.page("db1-disk", "Disk full on db1", "97% used")
+        assert again.id == page.id and not created
+        reply = await bob.say(BOT, f"ack {page.id}")
+        assert reply.startswith(f"Acknowledged {page.id}")
+        assert notifier.engine.find(page.id).state is PageState.ACKED
+        count = len(fake_apns.requests)
+        await asyncio.sleep(2.5)  # past two more waits: no further pages
+        assert len(fake_apns.requests) == count
+        reply = await alice.say(BOT, f"resolve {page.id}")
+        assert reply == f"Resolved {page.id}."
+        assert notifier.engine.find(page.id) is None
+        assert "resolved by" in await bob.next_message()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from notifier_support import person, pushes_for, running_bot, two_step_policy
 from servers import Connections, make_account
+from test_ingest import alertmanager, post
 
 from slixmpp_push.devserver import ProsodyServer
 from slixmpp_push.notifier import PageState
+from slixmpp_push.notifier.ingest import AlertReceiver, ReceiverConfig
 
 BOT = "push.localhost"
 
@@ -52,3 +55,61 @@ async def test_page_escalates_until_ack(prosody_server: ProsodyServer, xmpp: Con
         assert reply == f"Resolved {page.id}."
         assert notifier.engine.find(page.id) is None
         assert "resolved by" in await bob.next_message()
+
+
+async def test_alertmanager_webhook_pages_and_resolves(
+        prosody_server: ProsodyServer, xmpp: Connections, fake_apns: FakeApns,
+        test_ca: TestCA, apns_key: Path, tmp_path: Path) -> None:
+    alice_account = await make_account(prosody_server, "alice")
+    bob_account = await make_account(prosody_server, "bob")
+    policy = two_step_policy(alice_account.jid, bob_account.jid, wait=30)
+    async with running_bot(xmpp, prosody_server, fake_apns, test_ca, apns_key,
+                           tmp_path / "s.json", [policy]) as notifier:
+        alice = await person(xmpp, prosody_server, BOT, alice_account, "a3" * 32)
+        receiver = AlertReceiver(notifier, ReceiverConfig(port=0, token="t0k"))
+        await receiver.start()
+        try:
+            status, body = await post(receiver, "/alertmanager", json.dumps(alertmanager()),
+                                      token="t0k")
+            assert status == 200 and body["created"]
+            (push,) = await pushes_for(fake_apns, alice.token, 1)
+            assert push.body["aps"]["interruption-level"] == "critical"
+            assert "DiskFull" in push.body["aps"]["alert"]["title"]
+            assert "DiskFull db1: 97% used" in await alice.next_message()
+            # Alertmanager delivers at least once: the same payload pages nobody again.
+            status, again = await post(receiver, "/alertmanager",
+                                       json.dumps(alertmanager()), token="t0k")
+            assert again["created"] is False
+            await asyncio.sleep(0.3)
+            assert len([r for r in fake_apns.requests if r.token == alice.token]) == 1
+            status, resolved = await post(receiver, "/alertmanager",
+                                          json.dumps(alertmanager("resolved")), token="t0k")
+            assert resolved == {"resolved": body["page"]}
+            assert notifier.engine.pages == {}
+        finally:
+            await receiver.stop()
+
+
+async def test_restart_mid_escalation_resumes(
+        prosody_server: ProsodyServer, xmpp: Connections, fake_apns: FakeApns,
+        test_ca: TestCA, apns_key: Path, tmp_path: Path) -> None:
+    alice_account = await make_account(prosody_server, "alice")
+    bob_account = await make_account(prosody_server, "bob")
+    policy = two_step_policy(alice_account.jid, bob_account.jid, wait=2.0)
+    store = tmp_path / "s.json"
+    async with running_bot(xmpp, prosody_server, fake_apns, test_ca, apns_key, store,
+                           [policy]) as notifier:
+        alice = await person(xmpp, prosody_server, BOT, alice_account, "a4" * 32)
+        bob = await person(xmpp, prosody_server, BOT, bob_account, "b4" * 32)
+        page, _ = await notifier.page("api-down", "API down", "5xx rate 40%")
+        await pushes_for(fake_apns, alice.token, 1)
+    # The bot is down; bob has not been paged yet.
+    assert [r for r in fake_apns.requests if r.token == bob.token] == []
+    async with running_bot(xmpp, prosody_server, fake_apns, test_ca, apns_key, store,
+                           [policy]) as notifier:
+        resumed = notifier.engine.find(page.id)
+        assert resumed is not None and resumed.step == 0
+        await pushes_for(fake_apns, bob.token, 1, timeout=5)  # step 2, on time
+        assert notifier.engine.find(page.id).step == 1
+        assert f"PAGE {page.id}" in await bob.next_message()
+        assert len([r for r in fake_apns.requests if r.token == alice.token]) == 1

@@ -1,29 +1,36 @@
-"""A slixmpp bot that is also a push app server.
+"""A monitoring bot: push app server + pager + Alertmanager receiver, from one TOML file.
 
-    PUSH_JID=push.example.org PUSH_SECRET_FILE=component.secret python example_bot.py
+    python example_bot.py examples/monitoring-bot.toml
 
-It connects as an XEP-0114 component (PUSH_HOST, PUSH_PORT: default
-127.0.0.1:5347), serves phones registering with the provider id
-``tigase:messenger:apns:1`` through the console provider (swap in
-``type="apns"`` and your key for real pushes), and greets each new device.
+Phones register with the bot (it is their push app server); Alertmanager posts
+to http://127.0.0.1:9095/alertmanager; the bot pages the on-call person's phone
+and chat, escalates until someone answers "ack", and greets each new device.
 """
 
 import asyncio
-import os
-from pathlib import Path
+import sys
 
 from slixmpp import ComponentXMPP
 
-import slixmpp_push  # registers push_appserver with slixmpp
+from slixmpp_push.config import load_config
+from slixmpp_push.notifier.ingest import AlertReceiver
 
-secret = Path(os.environ["PUSH_SECRET_FILE"]).read_text().strip()
-bot = ComponentXMPP(os.environ["PUSH_JID"], secret, os.environ.get("PUSH_HOST", "127.0.0.1"),
-                    int(os.environ.get("PUSH_PORT", "5347")))
-bot.register_plugin("push_appserver", {
-    "apps": [slixmpp_push.AppConfig(id="tigase:messenger:apns:1", type="console")],
-    "store": os.environ.get("PUSH_STORE", "push-store.json"),
-})
-bot.add_event_handler("push_registered", lambda device: bot.send_message(
-    mto=device.account, mbody=f"Push is on for your device {device.node}.", mfrom=bot.boundjid))
-bot.connect()
-asyncio.get_event_loop().run_forever()
+
+async def main(config_file: str) -> None:
+    config = load_config(config_file)
+    bot = ComponentXMPP(config.xmpp.jid, config.xmpp.secret, config.xmpp.host, config.xmpp.port)
+    bot.register_plugin("push_appserver", {"apps": config.apps, "store": config.store})
+    bot.register_plugin("push_notifier", config.notifier.plugin_config())
+    bot.add_event_handler("push_registered", lambda device: bot.send_message(
+        mto=device.account, mbody=f"Push is on for your device {device.node}.",
+        mfrom=bot.boundjid))
+    bot.add_event_handler("page_acked", lambda page: print(f"{page.id} acked by {page.acked_by}",
+                                                           flush=True))
+    await bot.plugin["push_appserver"].start()  # opens the store; fails fast on bad keys
+    await bot.plugin["push_notifier"].start()  # resumes pages left open by a restart
+    await AlertReceiver(bot.plugin["push_notifier"], config.ingest).start()
+    bot.connect()
+    await asyncio.Event().wait()
+
+
+asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "examples/monitoring-bot.toml"))

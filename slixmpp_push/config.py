@@ -9,9 +9,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .notifier.config import NotifierSettings
+    from .notifier.ingest import ReceiverConfig
 
 
 @dataclass(slots=True)
@@ -88,6 +92,8 @@ class Config:
     log_level: str
     log_format: str = "text"  # "text" or "json"
     metrics_listen: tuple[str, int] | None = None  # host, port of /metrics and /health
+    notifier: NotifierSettings | None = None  # [notifier]: paging
+    ingest: ReceiverConfig | None = None  # [ingest]: the alert receiver
     source: Path | None = None
 
 
@@ -266,7 +272,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     """Validate a parsed TOML document; raise :class:`ConfigError` naming the key."""
     base = base or Path.cwd()
     top = _Section(data, "", base)
-    for name in ("xmpp", "appserver", "delivery", "apps", "logging", "metrics"):
+    for name in ("xmpp", "appserver", "delivery", "apps", "logging", "metrics", "notifier",
+                 "ingest"):
         top.seen.add(name)
     top.finish()
     xmpp = _read_xmpp(data, base)
@@ -318,9 +325,23 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
                               f"must be 'host:port' (IPv6 as '[::1]:port'), not {listen!r}")
         metrics_listen = (host.strip("[]"), int(port))
     metrics_section.finish()
+    notifier = ingest = None
+    if "notifier" in data:
+        from .notifier.config import read_notifier
+
+        notifier = read_notifier(_table(data, "notifier", ""), base)
+    if "ingest" in data:
+        from .notifier.config import read_ingest
+
+        if notifier is None:
+            raise ConfigError("ingest", "needs a [notifier] section (policies to page with)")
+        ingest = read_ingest(_table(data, "ingest", ""), base)
+        if ingest.policy is not None and ingest.policy not in notifier.policies:
+            raise ConfigError("ingest.policy", f"names no policy ({ingest.policy!r})")
     return Config(xmpp=xmpp, apps=apps, store=store, allowed_domains=allowed,
                   remote_disable=remote_disable, delivery=policy, log_level=level,
-                  log_format=log_format, metrics_listen=metrics_listen)
+                  log_format=log_format, metrics_listen=metrics_listen,
+                  notifier=notifier, ingest=ingest)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -54,6 +54,9 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         "providers": providers,
         "metrics": metrics,
     })
+    if config.notifier is not None:
+        xmpp.register_plugin("xep_0184")  # delivery receipts, recorded on pages
+        xmpp.register_plugin("push_notifier", config.notifier.plugin_config())
     return xmpp
 
 
@@ -69,6 +72,14 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     if config.metrics_listen is not None:
         status = StatusServer(metrics, *config.metrics_listen)
         await status.start()
+    receiver: Any = None
+    if config.notifier is not None:
+        await plugins["push_notifier"].start()
+        if config.ingest is not None:
+            from .notifier.ingest import AlertReceiver
+
+            receiver = AlertReceiver(plugins["push_notifier"], config.ingest)
+            await receiver.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +121,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         stopping.set()
         if status is not None:
             await status.stop()
+        if receiver is not None:
+            await receiver.stop()
+        if config.notifier is not None:
+            await plugins["push_notifier"].stop()
         await appserver.stop()
         with contextlib.suppress(Exception):
             await xmpp.disconnect(wait=1.0)

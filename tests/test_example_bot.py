@@ -102,3 +102,13 @@ async def test_example_bot_greets_pages_and_stops_on_ack(
         bot.terminate()
         output, _ = bot.communicate(timeout=5)
     assert f"{page_id} acked by {alice.jid}" in output.decode()
+
+
+def test_demo_runs_end_to_end() -> None:
+    """The README's demo command: the push, the page, and the ack stopping it."""
+    result = subprocess.run([sys.executable, "-m", "slixmpp_push.cli", "demo"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"push_type": "background"' in result.stdout
+    assert '"interruption-level": "critical"' in result.stdout
+    assert "Acknowledged" in result.stdout and "Demo complete" in result.stdout

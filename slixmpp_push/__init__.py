@@ -13,6 +13,7 @@ from .config import AppConfig
 from .errors import ConfigError, DeliveryResult, MissingDependency, Outcome, PushError, StoreError
 from .models import Dialect, Notification, Priority, Registration
 from .notifier import Policy, PushNotifier, Step
+from .registrar import PushRegistrar
 from .store import MemoryStore, Store, TinyDBStore
 from .xep_0357 import register_stanzas
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 register_stanzas()
 _register_plugin(PushAppServer)
+_register_plugin(PushRegistrar)
 _register_plugin(PushNotifier)
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "PushAppServer",
     "PushError",
     "PushNotifier",
+    "PushRegistrar",
     "Registration",
     "Step",
     "Store",

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true",
                       help="keep the demo servers up until Ctrl-C")
     demo.set_defaults(run=cmd_demo)
+    from .notice_cli import add_commands as add_notice_commands
+
+    add_notice_commands(commands)
     return parser
 
 

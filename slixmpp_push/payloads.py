@@ -62,6 +62,8 @@ def build_apns(registration: Registration, notification: Notification,
         if notification.priority is Priority.CRITICAL:
             aps["interruption-level"] = "critical"
             aps["sound"] = {"critical": 1, "name": "default", "volume": 1.0}
+        else:  # HIGH: breaks through Focus, not through silent mode
+            aps["interruption-level"] = "time-sensitive"
         push_type, priority = "alert", 10
     else:
         # Background pushes MUST use priority 5 and push type "background".

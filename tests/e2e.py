@@ -89,9 +89,10 @@ class AppServer:
 async def running_appserver(xmpp: Connections, server: DevServer, apps: Sequence[AppConfig],
                             store_path: Path, *, policy: DeliveryPolicy = FAST_RETRIES,
                             providers: dict[str, Provider] | None = None,
+                            trusted: Sequence[str] = (),
                             ) -> AsyncIterator[AppServer]:
     config: dict[str, Any] = {"apps": list(apps), "store": TinyDBStore(store_path),
-                              "delivery": policy}
+                              "delivery": policy, "trusted_publishers": tuple(trusted)}
     if providers:
         config["providers"] = providers
     component = await xmpp.component(

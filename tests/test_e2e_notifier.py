@@ -6,14 +6,16 @@ import asyncio
 import json
 from pathlib import Path
 
+from e2e import apns_app, execute, running_appserver
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from notifier_support import person, pushes_for, running_bot, two_step_policy
 from servers import Connections, make_account
 from test_ingest import alertmanager, post
 
+from slixmpp_push import MemoryStore
 from slixmpp_push.devserver import ProsodyServer
-from slixmpp_push.notifier import PageState
+from slixmpp_push.notifier import PageState, RemoteTarget
 from slixmpp_push.notifier.ingest import AlertReceiver, ReceiverConfig
 
 BOT = "push.localhost"
@@ -39,6 +41,11 @@ async def test_page_escalates_until_ack(prosody_server: ProsodyServer, xmpp: Con
         assert push.body["aps"]["alert"]["title"] == f"[{page.id}] Disk full on db1"
         text = await alice.next_message()
         assert f"PAGE {page.id}" in text and "97% used" in text
+        for _ in range(50):  # alice's client acknowledged receipt (XEP-0184): recorded
+            if any(event == "receipt" for _, event, _ in page.history):
+                break
+            await asyncio.sleep(0.05)
+        assert ["receipt", alice.jid] in [entry[1:] for entry in page.history]
         # Nobody acks: after the wait, the second step pages bob.
         await pushes_for(fake_apns, bob.token, 1, timeout=5)
         assert f"PAGE {page.id}" in await bob.next_message()
@@ -113,3 +120,32 @@ async def test_restart_mid_escalation_resumes(
         assert notifier.engine.find(page.id).step == 1
         assert f"PAGE {page.id}" in await bob.next_message()
         assert len([r for r in fake_apns.requests if r.token == alice.token]) == 1
+
+
+async def test_bot_publishes_to_a_remote_app_server(
+        prosody_server: ProsodyServer, xmpp: Connections, fake_apns: FakeApns,
+        test_ca: TestCA, apns_key: Path, tmp_path: Path) -> None:
+    """The XEP-0357 publisher route: a client-account bot pages a node on an app
+    server it does not run (here ours, trusting the bot as a publisher)."""
+    bot_account = await make_account(prosody_server, "pagerbot")
+    alice_account = await make_account(prosody_server, "alice")
+    app = apns_app(fake_apns.endpoint, test_ca, apns_key)
+    async with running_appserver(xmpp, prosody_server, [app], tmp_path / "s.json",
+                                 trusted=[bot_account.jid]) as server:
+        phone = await xmpp.client(prosody_server, alice_account, resource="phone")
+        answer = await execute(phone, server.jid, "v1-register-push",
+                               {"type": "apns", "node": "dev", "token": "e7" * 32})
+        bot = await xmpp.client(prosody_server, bot_account, resource="bot")
+        bot.register_plugin("push_notifier", {
+            "remotes": {"alice-phone": RemoteTarget(server.jid, answer["node"][0],
+                                                    answer["secret"][0]),
+                        "wrong-secret": RemoteTarget(server.jid, answer["node"][0], "nope")},
+            "chat": False, "store": MemoryStore()})
+        notifier = bot.plugin["push_notifier"]
+        report = await notifier.notify(["remote:alice-phone", "remote:wrong-secret"],
+                                       "Backup failed", "nightly", priority="high")
+        assert report.remote == {"alice-phone": "ok", "wrong-secret": "not-authorized"}
+        (push,) = await pushes_for(fake_apns, "e7" * 32, 1)
+        assert push.headers["apns-push-type"] == "alert"  # high priority → visible alert
+        assert push.body["aps"]["interruption-level"] == "time-sensitive"
+        await notifier.stop()

@@ -25,6 +25,13 @@ Config keys (``register_plugin('push_appserver', {...})``):
 ``metrics``
     A :class:`~slixmpp_push.metrics.Metrics` to report to (default: a new one,
     available as ``plugin.metrics``).
+``trusted_publishers``
+    Bare JIDs besides the registration's own server that may publish to any
+    node (a paging bot publishing as an XEP-0357 publisher); the node's secret
+    is still required.
+``admins``
+    Bare JIDs allowed to run ``send-notification`` (administrator notices,
+    :mod:`~slixmpp_push.appserver.notices`); the command is offered only when set.
 
 Events: ``push_registered`` and ``push_unregistered`` (a Registration),
 ``push_dead_token`` (a Registration), ``push_published`` (a PublishOutcome).
@@ -58,6 +65,7 @@ from ..xep_0357.publish import MalformedPublish, parse_publish
 from ..xep_0357.stanza import NS, register_stanzas
 from .delivery import Delivery, DeliveryPolicy, QueueFull, Submitted
 from .dialects import COMMANDS, Command, empty_form, result_form, submitted_values
+from .notices import register_notice_command, withdraw_notice_command
 from .registrations import Registrations
 
 log = logging.getLogger(__name__)
@@ -94,6 +102,8 @@ class PushAppServer(BasePlugin):
         "delivery": None,
         "remote_disable": True,
         "metrics": None,
+        "admins": (),
+        "trusted_publishers": (),
     }
 
     # -- life cycle -------------------------------------------------------------
@@ -155,6 +165,7 @@ class PushAppServer(BasePlugin):
         for command in COMMANDS:
             self.xmpp["xep_0050"].add_command(
                 node=command.node, name=command.name, handler=self._command_handler(command))
+        register_notice_command(self)
 
     def _withdraw(self) -> None:
         """Undo _advertise (xep_0050 has no del_command: undo what add_command did)."""
@@ -170,6 +181,7 @@ class PushAppServer(BasePlugin):
             disco.del_item(jid=jid.full, node=COMMANDS_NS, ijid=jid.full, inode=command.node)
             disco.del_identity(jid=jid, node=command.node, category="automation",
                                itype="command-node", name=command.name)
+        withdraw_notice_command(self)
         if not any(key[0] == jid.full for key in adhoc.commands):
             disco.del_identity(jid=jid, node=COMMANDS_NS, category="automation",
                                itype="command-list", name="Ad-Hoc commands")
@@ -344,12 +356,15 @@ class PushAppServer(BasePlugin):
 
     def _authorize(self, publisher: JID, node: str, notification: Notification,
                    ) -> Registration:
-        if publisher.user or publisher.resource or not publisher.domain:
+        trusted = publisher.bare in self.config.get("trusted_publishers", ())
+        if not trusted and (publisher.user or publisher.resource or not publisher.domain):
             raise XMPPError("forbidden", etype="auth", text="publisher must be a server")
         registration = self.store.get(node)
         if registration is None:
+            if trusted:
+                raise XMPPError("item-not-found", etype="cancel", text="unknown node")
             return self._stateless(publisher, node, notification)
-        if publisher.domain != registration.domain:
+        if not trusted and publisher.domain != registration.domain:
             raise XMPPError("forbidden", etype="auth", text="not the server of this node")
         if registration.secret is not None:
             given = notification.publish_options.get("secret", "")

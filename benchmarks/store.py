@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slixmpp_push import Dialect, Registration, TinyDBStore  # noqa: E402
+from slixmpp_push import Dialect, Registration, TinyDBStore
 
 
 def registration(i: int) -> Registration:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -89,6 +90,9 @@ class Metrics:
                                         "Expiry (UNIX time) of an APNs client certificate",
                                         ["app"], registry=r)
         self.providers: dict[str, ProviderHealth] = {}
+        # labels() costs a lookup and a lock per call: keep the children at hand.
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
         self.xmpp_connected = False
         self.store_writable = True
         self.store_error = ""
@@ -103,7 +107,11 @@ class Metrics:
 
     def provider_result(self, app: str, result: DeliveryResult, received_at: float) -> None:
         status = str(result.status) if result.status is not None else "none"
-        self.provider_requests.labels(app, status, result.reason or "").inc()
+        key = (app, status, result.reason or "")
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.provider_requests.labels(*key)
+        child.inc()
         health = self.providers.setdefault(app, ProviderHealth())
         health.outcome = result.outcome.value
         health.at = time.time()
@@ -111,7 +119,10 @@ class Metrics:
         if result.outcome is Outcome.DELIVERED:
             health.consecutive_failures = 0
             if received_at:
-                self.latency.labels(app).observe(max(0.0, health.at - received_at))
+                latency = self._latency_children.get(app)
+                if latency is None:
+                    latency = self._latency_children[app] = self.latency.labels(app)
+                latency.observe(max(0.0, health.at - received_at))
         elif result.outcome in (Outcome.RETRY, Outcome.REJECTED):
             health.consecutive_failures += 1
 

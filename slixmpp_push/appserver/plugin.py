@@ -272,7 +272,8 @@ class PushAppServer(BasePlugin):
     async def notify(self, registration: Registration, notification: Notification,
                      ) -> Submitted:
         """Deliver a notification to one registration from Python (pager, admin)."""
-        await self.start()
+        if self._started is None or not self._started.done():
+            await self.start()
         return await self.delivery.submit(registration, notification)
 
     # -- ad-hoc commands --------------------------------------------------------------

@@ -31,6 +31,7 @@ Chat commands understood from people: ``ack [ID]``, ``resolve [ID]``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -193,7 +194,7 @@ class PushNotifier(BasePlugin):
                 report.pushes[registration.node] = await appserver.notify(  # type: ignore
                     registration, notification)
                 return
-            account = JID(spec).bare
+            account = bare_jid(spec)
             if appserver is not None:
                 for registration in appserver.store.by_account(account):
                     try:
@@ -361,6 +362,12 @@ class PushNotifier(BasePlugin):
         if page is not None and page.state is not PageState.RESOLVED:
             page.log(time.time(), "receipt", message["from"].bare)
             await self.engine.store.set_doc("pages", page.id, page.to_doc())
+
+
+@functools.lru_cache(maxsize=65536)
+def bare_jid(spec: str) -> str:
+    """The bare JID of a target (cached: JID parsing with stringprep is not free)."""
+    return str(JID(spec).bare)
 
 
 def del_oldest(mapping: dict[str, str], keep: int) -> None:

@@ -43,11 +43,16 @@ class Store(abc.ABC):
         self._by_identity: dict[DeviceIdentity, str] = {}
         self._by_account: dict[str, set[str]] = {}
         self._app_counts: dict[str, int] = {}
+        self._opened = False
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
-        """Load the tables; must be awaited before use."""
+        """Load the tables; must be awaited before use. Opening again is a no-op
+        (several plugins may share one store)."""
+        if self._opened:
+            return
         self._load_tables(await self._load())
+        self._opened = True
 
     async def close(self) -> None:
         """Flush and release the back end."""

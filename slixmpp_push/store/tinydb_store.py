@@ -106,9 +106,12 @@ class TinyDBStore(Store):
 
     # -- loading ------------------------------------------------------------
     async def open(self) -> None:
+        if self._opened:
+            return
         loop = asyncio.get_running_loop()
         tables = await loop.run_in_executor(self._executor, self._load_sync)
         self._load_tables(tables)
+        self._opened = True
         if self.read_only:
             return
         self._wakeup = asyncio.Event()

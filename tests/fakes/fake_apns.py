@@ -369,6 +369,16 @@ class FakeApns:
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeApns(TestCA(Path(args.ca_dir)), host=args.host, port=args.port)
     fake.dead_token_prefix = args.dead_prefix
+    if args.log_requests:
+        # One line per request with its CLOCK_MONOTONIC time: system-wide on
+        # Linux, so another process can compute latencies against it.
+        record = fake._record
+
+        def record_and_log(entry: ApnsRecord) -> None:
+            record(entry)
+            print(f"REQ {entry.token} {entry.received:.6f}", flush=True)
+
+        fake._record = record_and_log  # type: ignore[method-assign]
     async with fake:
         print(f"PORT {fake.port}", flush=True)
         stop = asyncio.Event()
@@ -384,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--ca-dir", required=True, help="folder receiving ca.pem")
     parser.add_argument("--dead-prefix", default=None, help="tokens answered 410 Unregistered")
+    parser.add_argument("--log-requests", action="store_true",
+                        help="print 'REQ <token> <monotonic time>' for each request")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 

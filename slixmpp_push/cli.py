@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .notice_cli import add_commands as add_notice_commands
 
     add_notice_commands(commands)
+    from .registrar.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 

@@ -92,6 +92,7 @@ class Config:
     log_level: str
     log_format: str = "text"  # "text" or "json"
     metrics_listen: tuple[str, int] | None = None  # host, port of /metrics and /health
+    admins: list[str] = field(default_factory=list)  # bare JIDs that may send notices
     notifier: NotifierSettings | None = None  # [notifier]: paging
     ingest: ReceiverConfig | None = None  # [ingest]: the alert receiver
     source: Path | None = None
@@ -284,6 +285,10 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     if allowed is not None and not all(isinstance(d, str) and d for d in allowed):
         raise ConfigError("appserver.allowed_domains", "must be a list of domain names")
     remote_disable = server.get("remote_disable", bool, True)
+    admins = server.strings("admins")
+    for admin in admins:
+        if "@" not in admin or "/" in admin:
+            raise ConfigError("appserver.admins", f"{admin!r} is not a bare JID (user@domain)")
     server.finish()
 
     section = _Section(_table(data, "delivery", ""), "delivery", base)
@@ -341,7 +346,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     return Config(xmpp=xmpp, apps=apps, store=store, allowed_domains=allowed,
                   remote_disable=remote_disable, delivery=policy, log_level=level,
                   log_format=log_format, metrics_listen=metrics_listen,
-                  notifier=notifier, ingest=ingest)
+                  notifier=notifier, ingest=ingest, admins=admins)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -65,6 +65,13 @@ def build_apns(registration: Registration, notification: Notification,
         else:  # HIGH: breaks through Focus, not through silent mode
             aps["interruption-level"] = "time-sensitive"
         push_type, priority = "alert", 10
+    elif notification.title:
+        # A notice with a title (pager, administrator) is shown, without urgency.
+        alert = {"title": notification.title}
+        if notification.body and app.include_body:
+            alert["body"] = notification.body
+        aps = {"alert": alert, "mutable-content": 1}
+        push_type, priority = "alert", 5
     else:
         # Background pushes MUST use priority 5 and push type "background".
         aps = {"content-available": 1}

@@ -51,6 +51,7 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         "allowed_domains": config.allowed_domains,
         "delivery": config.delivery,
         "remote_disable": config.remote_disable,
+        "admins": config.admins,
         "providers": providers,
         "metrics": metrics,
     })

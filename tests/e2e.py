@@ -90,9 +90,11 @@ async def running_appserver(xmpp: Connections, server: DevServer, apps: Sequence
                             store_path: Path, *, policy: DeliveryPolicy = FAST_RETRIES,
                             providers: dict[str, Provider] | None = None,
                             trusted: Sequence[str] = (),
+                            plugin_config: dict[str, Any] | None = None,
                             ) -> AsyncIterator[AppServer]:
     config: dict[str, Any] = {"apps": list(apps), "store": TinyDBStore(store_path),
-                              "delivery": policy, "trusted_publishers": tuple(trusted)}
+                              "delivery": policy, "trusted_publishers": tuple(trusted),
+                              **(plugin_config or {})}
     if providers:
         config["providers"] = providers
     component = await xmpp.component(

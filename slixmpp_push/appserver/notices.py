@@ -43,7 +43,7 @@ COMMANDS_NS = "http://jabber.org/protocol/commands"
 DATA_NS = "jabber:x:data"
 PRIORITIES = tuple(p.value for p in Priority)
 #: An administrator's notice is meant to be seen: high makes it a visible alert.
-DEFAULT_PRIORITY = Priority.HIGH
+DEFAULT_PRIORITY = Priority.NORMAL  # a titled notice is shown either way
 #: Requests in flight at once, so 10,000 devices are not 10,000 simultaneous requests.
 CONCURRENCY = 200
 _TRUE = ("1", "true")
@@ -188,6 +188,7 @@ def _handler(server: PushAppServer) -> Any:
         return await complete(form, session)
 
     async def complete(payload: Any, session: dict[str, Any]) -> dict[str, Any]:
+        _expire(server, session)
         sender: JID = session["from"]
         _check_admin(server, sender)
         values = _values(payload)
@@ -209,7 +210,6 @@ def _handler(server: PushAppServer) -> Any:
         summary = await send_notice(server, selected, title, body, priority)
         log.info("notice %r from %s to %d device(s): %s", title, sender.bare,
                  summary.total, summary.line())
-        _expire(server, session)
         session["payload"] = _result_form(server, summary)
         session["notes"] = [("info", f"{summary.total} device(s): {summary.line()}"
                              if summary.total else "no registered device matches")]

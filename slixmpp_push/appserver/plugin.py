@@ -428,11 +428,18 @@ class PushAppServer(BasePlugin):
         else:
             await self.store.remove(registration.node)
             if self.config.get("remote_disable", True):
-                self._send_remote_disable(registration)
+                # After the publish's error reply, which is queued once we return:
+                # sent first, the server would store the message for the offline
+                # user and publish once more to the node it has not dropped yet.
+                asyncio.get_running_loop().call_soon(self._send_remote_disable, registration)
         self.xmpp.event("push_dead_token", registration)
 
     def _send_remote_disable(self, registration: Registration) -> None:
-        message: Message = self.xmpp.make_message(mto=registration.account)
+        # An explicit from: ejabberd closes a component stream sending without one.
+        # A headline: servers do not store it for an offline user (RFC 6121), so it
+        # neither piles up offline nor makes the server push once more.
+        message: Message = self.xmpp.make_message(mto=registration.account,
+                                                  mfrom=self.xmpp.boundjid, mtype="headline")
         pubsub = message["pubsub"]
         pubsub.xml.set("node", registration.node)  # slixmpp's Pubsub has no node interface
         pubsub["push_affiliation"]["jid"] = registration.account

@@ -335,6 +335,9 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
         from .notifier.config import read_notifier
 
         notifier = read_notifier(_table(data, "notifier", ""), base)
+        if notifier.omemo is not None and xmpp.mode != "client":
+            raise ConfigError("notifier.omemo", "needs xmpp.mode = \"client\" "
+                                                "(OMEMO needs an account with PEP)")
     if "ingest" in data:
         from .notifier.config import read_ingest
 

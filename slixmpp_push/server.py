@@ -45,9 +45,10 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         xmpp = ClientXMPP(config.xmpp.jid, config.xmpp.secret)
     for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199"):
         xmpp.register_plugin(plugin)
+    store = TinyDBStore(config.store)
     xmpp.register_plugin("push_appserver", {
         "apps": config.apps,
-        "store": TinyDBStore(config.store),
+        "store": store,
         "allowed_domains": config.allowed_domains,
         "delivery": config.delivery,
         "remote_disable": config.remote_disable,
@@ -57,8 +58,33 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
     })
     if config.notifier is not None:
         xmpp.register_plugin("xep_0184")  # delivery receipts, recorded on pages
-        xmpp.register_plugin("push_notifier", config.notifier.plugin_config())
+        xmpp.register_plugin("push_notifier", {**config.notifier.plugin_config(),
+                                               "chat_sender": _chat_sender(xmpp, config, store)})
+    if config.xmpp.mode == "client":
+        # Without presence the server keeps messages to the bare JID offline:
+        # people's acks would never reach the bot.
+        xmpp.add_event_handler("session_start", lambda _: xmpp.send_presence())
     return xmpp
+
+
+def _chat_sender(xmpp: BaseXMPP, config: Config, store: TinyDBStore) -> Any:
+    """Plain chat, OMEMO-encrypted, and/or copied to a group chat, as configured."""
+    settings = config.notifier
+    assert settings is not None
+    chat: Any = None
+    if settings.omemo is not None:
+        from .notifier.omemo import enable_omemo
+
+        chat = enable_omemo(xmpp, store, settings.omemo.btbv,
+                            trusted=settings.omemo.trusted,
+                            fallback_plaintext=settings.omemo.fallback_plaintext)
+    if settings.muc is not None:
+        from .notifier.muc import MucChat
+
+        xmpp.register_plugin("xep_0045")
+        chat = MucChat(xmpp, settings.muc.room, chat, nick=settings.muc.nick,
+                       password=settings.muc.password, window=settings.muc.window)
+    return chat
 
 
 async def serve(config: Config, ready: asyncio.Event | None = None,

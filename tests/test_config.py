@@ -598,3 +598,46 @@ def test_credential_and_bound_checks(tmp_path: Path) -> None:
     config = parse_config(app(cert_file="s"), tmp_path)
     with pytest.raises(ConfigError, match="cert_file: holds no PEM certificate"):
         check_credentials(config.apps[0])
+
+
+def test_notifier_ingest_omemo_and_muc_sections(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("x")
+    (tmp_path / "hook").write_text("t")
+    base: dict[str, object] = {
+        "xmpp": {"mode": "client", "jid": "pager@x", "password_file": "pw"},
+        "apps": {"c": {"type": "console"}}}
+    notifier = {"default_policy": "oncall", "groups": {"sre": ["a@x", "b@x"]},
+                "policies": {"oncall": {"steps": [{"targets": ["a@x"], "wait": 60},
+                                                  {"targets": ["group:sre"], "wait": 120}],
+                                        "repeat": 2, "final": ["boss@x"],
+                                        "ack_timeout": 900}},
+                "omemo": {"btbv": False, "trusted": {"a@x": ["05ab"]}},
+                "muc": {"room": "ops@conference.x", "nick": "pager"}}
+    config = parse_config({**base, "notifier": notifier,
+                           "ingest": {"listen": "127.0.0.1:9095", "token_file": "hook"}},
+                          tmp_path)
+    assert config.notifier is not None and config.ingest is not None
+    policy = config.notifier.policies["oncall"]
+    assert [s.wait for s in policy.steps] == [60, 120] and policy.ack_timeout == 900
+    assert config.notifier.omemo is not None and config.notifier.omemo.btbv is False
+    assert config.notifier.muc is not None and config.notifier.muc.room == "ops@conference.x"
+    assert config.ingest.token == "t"
+    bad = [
+        ({"policies": {"p": {"steps": []}}}, r"notifier\.policies\.p\.steps"),
+        ({"policies": {"p": {"steps": [{"targets": [], "wait": 1}]}}},
+         r"notifier\.policies\.p\.steps\[0\]\.targets"),
+        ({"policies": {"p": {"steps": [{"targets": ["a@x"], "wait": 0}]}}},
+         r"notifier\.policies\.p\.steps\[0\]\.wait"),
+        ({"default_policy": "nope"}, r"notifier\.default_policy"),
+        ({"muc": {"nick": "x"}}, r"notifier\.muc\.room"),
+    ]
+    for section, key in bad:
+        with pytest.raises(ConfigError, match=key):
+            parse_config({**base, "notifier": section}, tmp_path)
+    component = {**base, "xmpp": {"jid": "push.x", "secret_file": "pw"}}
+    with pytest.raises(ConfigError, match=r"notifier\.omemo: needs xmpp\.mode"):
+        parse_config({**component, "notifier": {"omemo": {}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"ingest: needs a \[notifier\]"):
+        parse_config({**base, "ingest": {"token_file": "hook"}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"ingest\.token_file"):  # not loopback: token needed
+        parse_config({**base, "notifier": {}, "ingest": {"listen": "0.0.0.0:9095"}}, tmp_path)

@@ -13,6 +13,21 @@ from .publisher import RemoteTarget
 
 
 @dataclass(slots=True)
+class OmemoSettings:
+    btbv: bool = True  # blind trust before verification
+    fallback_plaintext: bool = False
+    trusted: dict[str, list[str]] = field(default_factory=dict)  # jid → fingerprints
+
+
+@dataclass(slots=True)
+class MucSettings:
+    room: str
+    nick: str = "pager"
+    password: str | None = None
+    window: float = 30.0
+
+
+@dataclass(slots=True)
 class NotifierSettings:
     policies: dict[str, Policy]
     default_policy: str | None
@@ -20,6 +35,8 @@ class NotifierSettings:
     remotes: dict[str, RemoteTarget]
     responders: list[str] = field(default_factory=list)
     chat: bool = True
+    omemo: OmemoSettings | None = None
+    muc: MucSettings | None = None
 
     def plugin_config(self) -> dict[str, Any]:
         return {"policies": self.policies, "default_policy": self.default_policy,
@@ -85,8 +102,27 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
         remote.finish()
     responders = notifier.strings("responders")
     chat = notifier.get("chat", bool, True)
+    omemo = muc = None
+    if "omemo" in section:
+        reader = _Section(notifier.get("omemo", dict), "notifier.omemo", base)
+        trusted = reader.get("trusted", dict, {})
+        for jid, prints in trusted.items():
+            if not isinstance(prints, list) or not all(isinstance(p, str) for p in prints):
+                raise ConfigError(f"notifier.omemo.trusted.{jid}",
+                                  "must be a list of fingerprints")
+        omemo = OmemoSettings(btbv=reader.get("btbv", bool, True),
+                              fallback_plaintext=reader.get("fallback_plaintext", bool, False),
+                              trusted=trusted)
+        reader.finish()
+    if "muc" in section:
+        reader = _Section(notifier.get("muc", dict), "notifier.muc", base)
+        muc = MucSettings(room=reader.get("room", str, required=True),
+                          nick=reader.get("nick", str, "pager"),
+                          password=reader.secret("password", required=False),
+                          window=reader.positive("window", 30.0))
+        reader.finish()
     notifier.finish()
-    return NotifierSettings(policies, default, groups, remotes, responders, chat)
+    return NotifierSettings(policies, default, groups, remotes, responders, chat, omemo, muc)
 
 
 def read_ingest(section: Any, base: Path) -> ReceiverConfig:

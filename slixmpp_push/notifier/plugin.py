@@ -98,11 +98,13 @@ class PushNotifier(BasePlugin):
         self._receipts: dict[str, str] = {}  # message id → page id
         self._fan_out = asyncio.Semaphore(FAN_OUT)
         self.xmpp.add_event_handler("message", self._on_message)
+        self.xmpp.add_event_handler("omemo_message", self._on_encrypted_message)
         self.xmpp.add_event_handler("receipt_received", self._on_receipt)
         self.xmpp.add_event_handler("session_start", self._on_session_start)
 
     def plugin_end(self) -> None:
         self.xmpp.del_event_handler("message", self._on_message)
+        self.xmpp.del_event_handler("omemo_message", self._on_encrypted_message)
         self.xmpp.del_event_handler("receipt_received", self._on_receipt)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
 
@@ -309,7 +311,11 @@ class PushNotifier(BasePlugin):
             self.xmpp.event("page_escalated", page)
 
     # -- people talking back -------------------------------------------------------------
-    async def _on_message(self, message: Message) -> None:
+    async def _on_encrypted_message(self, message: Message) -> None:
+        """An OMEMO message decrypted by OmemoChat: a command, answered encrypted."""
+        await self._on_message(message, encrypted=True)
+
+    async def _on_message(self, message: Message, encrypted: bool = False) -> None:
         if message["type"] not in ("chat", "normal") or not message["body"]:
             return
         sender = message["from"].bare
@@ -326,18 +332,19 @@ class PushNotifier(BasePlugin):
         if verb == "pages":
             lines = [f"{p.id} {p.state.value} {p.priority.value} {p.title}"
                      for p in sorted(engine.pages.values(), key=lambda p: p.created)]
-            self._reply(message, "\n".join(lines) or "No open pages.")
+            await self._reply(message, encrypted, "\n".join(lines) or "No open pages.")
             return
         if verb == "oncall":
-            self._reply(message, "On call: " + (", ".join(self.oncall()) or "nobody"))
+            await self._reply(message, encrypted,
+                              "On call: " + (", ".join(self.oncall()) or "nobody"))
             return
         page = engine.find(argument) if argument else engine.latest_for(sender)
         if page is None:
-            self._reply(message, f"No open page {argument}." if argument else
-                        "No open page of yours.")
+            await self._reply(message, encrypted, f"No open page {argument}." if argument
+                              else "No open page of yours.")
             return
         if sender not in page.paged and sender not in set(self.config.get("responders", ())):
-            self._reply(message, f"You were not paged for {page.id}.")
+            await self._reply(message, encrypted, f"You were not paged for {page.id}.")
             return
         if verb == "ack":
             await self.ack(page.id, sender)
@@ -345,12 +352,17 @@ class PushNotifier(BasePlugin):
             policy = self.policies.get(page.policy)
             if policy is not None and policy.ack_timeout:
                 until = f" for {int(policy.ack_timeout // 60) or 1} min"
-            self._reply(message, f"Acknowledged {page.id}{until}: escalation stopped.")
+            await self._reply(message, encrypted,
+                              f"Acknowledged {page.id}{until}: escalation stopped.")
         else:
             await self.resolve(page.id, sender)
-            self._reply(message, f"Resolved {page.id}.")
+            await self._reply(message, encrypted, f"Resolved {page.id}.")
 
-    def _reply(self, message: Message, text: str) -> None:
+    async def _reply(self, message: Message, encrypted: bool, text: str) -> None:
+        reply = getattr(self.chat_sender, "reply", None)
+        if encrypted and reply is not None:  # answer as privately as they asked
+            await reply(message["from"].bare, text)
+            return
         self.xmpp.make_message(mto=message["from"], mbody=text, mtype="chat",
                                mfrom=message["to"]).send()
 

@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 _PUBSUB = "{http://jabber.org/protocol/pubsub}"
 _COMMAND = "{http://jabber.org/protocol/commands}command"
 _DATA = "{jabber:x:data}"
+_DISCO_ITEM = "{http://jabber.org/protocol/disco#items}item"
 _REMOTE_DISABLE_XPATH = "{%s}message/" + f"{_PUBSUB}pubsub/{_PUBSUB}affiliation"
 
 # Stores opened by a registrar in this process, so that several clients (or a
@@ -160,6 +161,8 @@ class PushRegistrar(BasePlugin):
     def plugin_end(self) -> None:
         self.xmpp.remove_handler("push_registrar remote disable")
         self.xmpp.del_event_handler("session_start", self._on_session_start)
+        if self._resume_task is not None:
+            self._resume_task.cancel()
 
     async def start(self) -> None:
         """Open the store (once per store object in the process); called by every API."""
@@ -248,7 +251,9 @@ class PushRegistrar(BasePlugin):
             items = await disco.get_items(jid=domain, timeout=self.timeout)
         except (IqError, IqTimeout) as error:
             raise from_xmpp_error(error, f"listing the services of {domain}") from None
-        jids = list(dict.fromkeys(str(item[0]) for item in items["disco_items"]["items"]))
+        # In the server's order (the stanza interface returns a set): the first match wins.
+        jids = list(dict.fromkeys(item.get("jid", "") for item in items.xml.iter(_DISCO_ITEM)))
+        jids = [jid for jid in jids if jid]
         infos = await asyncio.gather(*(disco.get_info(jid=j, timeout=self.timeout)
                                        for j in jids), return_exceptions=True)
         for jid, info in zip(jids, infos, strict=True):
@@ -361,7 +366,8 @@ class PushRegistrar(BasePlugin):
         await self.enable(registration.target, registration.node,
                           registration.publish_options(), registration.extensions)
         registration = registration.with_changes(enabled_at=time.time())
-        await self._save(registration)
+        if self._stored(registration):  # never resurrect one dropped meanwhile
+            await self._save(registration)
         self.xmpp.event("push_enabled", registration)
         return registration
 
@@ -394,26 +400,36 @@ class PushRegistrar(BasePlugin):
                  registration.dialect)
         self.xmpp.event("push_registrar_unregistered", registration)
 
-    async def update_token(self, token: str, voip_token: str | None = None,
-                           ) -> list[ClientRegistration]:
-        """The device has a new token: re-register and re-enable what used the old one."""
-        self.config["token"] = token
-        if voip_token is not None:
-            self.config["voip_token"] = voip_token
+    async def update_token(self, token: str, voip_token: str | None = None, *,
+                           app_server: str | None = None, dialect: str | None = None,
+                           provider: str | None = None) -> list[ClientRegistration]:
+        """The device has a new token: re-register and re-enable what used the old one.
+
+        Without selectors every registration of the account gets the token and it
+        becomes the configured ``token`` for later sessions; a device holding
+        several tokens (APNs and FCM) selects the registrations it concerns.
+        """
+        selected = app_server is not None or dialect is not None or provider is not None
+        if not selected:
+            self.config["token"] = token
+            if voip_token is not None:
+                self.config["voip_token"] = voip_token
         await self.start()
         updated = []
-        for registration in self.registrations():
-            if self._current(registration) != (registration.token, registration.voip_token):
-                updated.append(await self._reregister(registration))
+        for registration in self.find(app_server, dialect, provider):
+            current = (token, voip_token or registration.voip_token)
+            if current != (registration.token, registration.voip_token):
+                updated.append(await self._reregister(registration, *current))
         return updated
 
     def _current(self, registration: ClientRegistration) -> tuple[str, str | None]:
+        """The tokens a registration should carry now (the configured ones, if any)."""
         token = self.config.get("token") or registration.token
         voip = self.config.get("voip_token") or registration.voip_token
         return token, voip
 
-    async def _reregister(self, registration: ClientRegistration) -> ClientRegistration:
-        token, voip = self._current(registration)
+    async def _reregister(self, registration: ClientRegistration, token: str,
+                          voip: str | None) -> ClientRegistration:
         log.info("token of %s changed (%s → %s): registering again", registration.app_server,
                  _short(registration.token), _short(token))
         return await self.register(
@@ -441,6 +457,10 @@ class PushRegistrar(BasePlugin):
         doc = self.store.table(CLIENT_REGISTRATIONS).get(key)
         return ClientRegistration.from_doc(doc) if doc is not None else None
 
+    def _stored(self, registration: ClientRegistration) -> bool:
+        stored = self._get(registration.key)
+        return stored is not None and stored.node == registration.node
+
     async def _save(self, registration: ClientRegistration) -> None:
         await self.store.set_doc(CLIENT_REGISTRATIONS, registration.key, registration.to_doc())
 
@@ -462,8 +482,9 @@ class PushRegistrar(BasePlugin):
         if not self.config.get("reenable", True):
             self._resumed = None
             return
-        done = self._resumed = asyncio.get_running_loop().create_future()
-        self._resume_task = asyncio.ensure_future(self._resume(done))
+        loop = self.xmpp.loop
+        done = self._resumed = loop.create_future()
+        self._resume_task = asyncio.ensure_future(self._resume(done), loop=loop)
 
     async def _resume(self, done: asyncio.Future[list[ClientRegistration]]) -> None:
         enabled: list[ClientRegistration] = []
@@ -481,10 +502,12 @@ class PushRegistrar(BasePlugin):
         for registration in self.registrations():
             if registration.enabled_at and registration.enabled_at >= self._session_began:
                 continue  # registered during this very session: already enabled
+            if not self._stored(registration):
+                continue  # remotely disabled or unregistered while we were busy
             try:
-                if self._current(registration) != (registration.token,
-                                                   registration.voip_token):
-                    registration = await self._reregister(registration)
+                current = self._current(registration)
+                if current != (registration.token, registration.voip_token):
+                    registration = await self._reregister(registration, *current)
                 else:
                     registration = await self.enable_registration(registration)
             except RegistrarError as error:

@@ -3,6 +3,7 @@
 from .base import (
     CLIENT_REGISTRATIONS,
     DEAD_TOKENS,
+    OMEMO,
     PAGES,
     PENDING,
     REGISTRATIONS,
@@ -13,6 +14,6 @@ from .base import (
 from .tinydb_store import AtomicJSONStorage, TinyDBStore
 
 __all__ = [
-    "CLIENT_REGISTRATIONS", "DEAD_TOKENS", "PAGES", "PENDING", "REGISTRATIONS", "AtomicJSONStorage",
-    "MemoryStore", "Store", "TinyDBStore", "device_identity",
+    "CLIENT_REGISTRATIONS", "DEAD_TOKENS", "OMEMO", "PAGES", "PENDING", "REGISTRATIONS",
+    "AtomicJSONStorage", "MemoryStore", "Store", "TinyDBStore", "device_identity",
 ]

@@ -20,7 +20,8 @@ PENDING = "pending"
 DEAD_TOKENS = "dead_tokens"
 CLIENT_REGISTRATIONS = "client_registrations"  # push_registrar: this device's registrations
 PAGES = "pages"  # push_notifier: open pages and their escalation state
-TABLES = (REGISTRATIONS, PENDING, DEAD_TOKENS, CLIENT_REGISTRATIONS, PAGES)
+OMEMO = "omemo"  # push_notifier's OMEMO keys and sessions (notifier/omemo.py)
+TABLES = (REGISTRATIONS, PENDING, DEAD_TOKENS, CLIENT_REGISTRATIONS, PAGES, OMEMO)
 
 #: One change: (table, key, document or None for a deletion).
 Op = tuple[str, str, dict[str, Any] | None]

@@ -103,9 +103,21 @@ class TinyDBStore(Store):
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self._opening: asyncio.Future[None] | None = None
 
     # -- loading ------------------------------------------------------------
     async def open(self) -> None:
+        # Several plugins may open the store at once (session start): one load.
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open_once())
+        try:
+            await asyncio.shield(self._opening)
+        except BaseException:
+            if self._opening.done():
+                self._opening = None  # a failed open may be tried again
+            raise
+
+    async def _open_once(self) -> None:
         if self._opened:
             return
         loop = asyncio.get_running_loop()

@@ -268,32 +268,6 @@ class TestPushStanzas(SlixTest):
         self.assertEqual(parsed["pubsub"].xml.get("node"), "N")
 
 
-def test_remote_disable_sent_by_the_app_server_names_the_node() -> None:
-    from types import SimpleNamespace
-
-    from slixmpp import Message
-
-    from slixmpp_push.appserver.plugin import PushAppServer
-    from slixmpp_push.models import Dialect, Registration
-
-    sent: list[Message] = []
-
-    def make_message(mto: str) -> Message:
-        message = Message()
-        message["to"] = mto
-        message.send = lambda: sent.append(message)  # type: ignore[method-assign]
-        return message
-
-    registration = Registration(node="N", account="u@d", domain="d", app="ios", token="t",
-                                dialect=Dialect.TIGASE)
-    fake = SimpleNamespace(xmpp=SimpleNamespace(make_message=make_message))
-    PushAppServer._send_remote_disable(fake, registration)  # type: ignore[arg-type]
-    [message] = sent
-    assert message["pubsub"]["push_affiliation"]["affiliation"] == "none"
-    assert message["pubsub"]["push_affiliation"]["jid"] == "u@d"
-    assert message["pubsub"].xml.get("node") == "N"
-
-
 # -- parse_publish on captured server bytes --------------------------------------------------
 def load(name: str, ns: str | None = "jabber:component:accept") -> ET.Element:
     text = (CAPTURED / name).read_text()

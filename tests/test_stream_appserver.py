@@ -336,6 +336,10 @@ class TestAppServerStream(SlixTest):
         sent = self.sent_raw() + self.sent_raw()
         self.assertIn("item-not-found", sent)
         self.assertIn('affiliation="none"', sent)
+        # Named node, explicit from (ejabberd demands it), headline (never stored offline).
+        self.assertRegex(sent, r'<message [^>]*type="headline"')
+        self.assertRegex(sent, r'<message [^>]*from="push.localhost"')
+        self.assertIn(f'node="{node}"', sent.split("<message", 1)[1])
         self.assertIsNone(self.store.get(node))
         self.recv(publish(node, iq_id="again"))
         self.assertIn("item-not-found", self.sent_raw())

@@ -20,6 +20,9 @@ Config keys:
     Accounts that may ack or resolve any page (anyone paged may always).
 ``chat`` / ``chat_sender``
     Send chat messages (default True) and how (default: plain ``chat``).
+``chat_commands``
+    Answer ``ack``/``resolve``/``pages``/``oncall`` chat messages (default True;
+    off when a host framework such as errbot owns the commands).
 ``store``
     Where pages are kept; default: the ``push_appserver``'s store.
 
@@ -84,6 +87,7 @@ class PushNotifier(BasePlugin):
         "responders": (),
         "chat": True,
         "chat_sender": None,
+        "chat_commands": True,
         "store": None,
     }
 
@@ -290,6 +294,11 @@ class PushNotifier(BasePlugin):
         page = engine.by_key(key)
         return await self.resolve(page.id, by) if page is not None else None
 
+    def may_act(self, page: Page, who: str) -> bool:
+        """Whether ``who`` may ack or resolve ``page``: paged for it, or a responder."""
+        account = bare_jid(who)
+        return account in page.paged or account in set(self.config.get("responders", ()))
+
     def oncall(self, policy: str | None = None) -> list[str]:
         """Who the first step of a policy pages (accounts and other targets)."""
         name = policy or self.config.get("default_policy") or next(iter(self.policies), None)
@@ -326,7 +335,8 @@ class PushNotifier(BasePlugin):
             return
         verb = words[0].lower()
         argument = words[1].upper() if len(words) > 1 else None
-        if verb not in ("ack", "resolve", "pages", "oncall"):
+        if verb not in ("ack", "resolve", "pages", "oncall") or not self.config.get(
+                "chat_commands", True):
             return
         engine = await self._engine()
         if verb == "pages":
@@ -343,7 +353,7 @@ class PushNotifier(BasePlugin):
             await self._reply(message, encrypted, f"No open page {argument}." if argument
                               else "No open page of yours.")
             return
-        if sender not in page.paged and sender not in set(self.config.get("responders", ())):
+        if not self.may_act(page, sender):
             await self._reply(message, encrypted, f"You were not paged for {page.id}.")
             return
         if verb == "ack":

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
@@ -248,3 +249,4 @@ async def run_demo(keep_running: bool = False) -> int:
             with contextlib.suppress(BaseException):
                 await task
         await prosody.stop()
+        shutil.rmtree(folder, ignore_errors=True)

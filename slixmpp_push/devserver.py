@@ -534,7 +534,8 @@ class DevServer(abc.ABC):
         """Stop the server (SIGTERM, SIGKILL after ``stop_timeout``), remove its folder.
 
         Safe to call more than once and on a server that never started. The
-        log stays readable through :meth:`log_text`.
+        log stays readable through :meth:`log_text`. Without a given
+        ``workdir`` a later start() begins afresh (new folder, ports, no accounts).
         """
         began = time.monotonic()
         await self._terminate()

@@ -1,8 +1,8 @@
-"""Smoke tests: the private Prosody and ejabberd work for our push tests."""
+"""Smoke tests: the private Prosody and ejabberd work for our push tests.
 
-# The fixtures are imported by name and used as parameters (F811). Importing
-# them here as well as in conftest.py is harmless: the servers are shared.
-# ruff: noqa: F811
+The fixtures prosody_server, ejabberd_server, xmpp_server and xmpp come from
+tests/servers.py through conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import (  # noqa: F401
-    SERVER_CLASSES,
-    Connections,
-    ejabberd_server,
-    make_account,
-    prosody_server,
-    xmpp,
-    xmpp_server,
-)
+from servers import SERVER_CLASSES, Connections, make_account
 from slixmpp import JID, Iq
 from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback

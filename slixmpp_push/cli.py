@@ -51,11 +51,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    from .config import load_store_path
     from .store import TinyDBStore
 
+    store_path = load_store_path(args.config)
+
     async def run() -> int:
-        store = TinyDBStore(config.store, read_only=args.action == "list")
+        store = TinyDBStore(store_path, read_only=args.action == "list")
         await store.open()
         try:
             if args.action == "list":

@@ -406,3 +406,19 @@ def check_credentials(app: AppConfig) -> None:
         if not app.project_id and not account.get("project_id"):
             raise ConfigError(f"apps.{app.id}.project_id",
                               "is required (the service account names no project)")
+
+
+def load_store_path(path: str | os.PathLike[str]) -> str:
+    """Only ``[appserver] store`` of a config file: for ``devices``, which must
+    work where the component secret or provider keys are not readable."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(file), "file does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), f"is not valid TOML: {exc}") from None
+    base = file.resolve().parent
+    server = _Section(_table(data, "appserver", ""), "appserver", base)
+    store = server.get("store", str, "slixmpp-push.json")
+    return store if Path(store).is_absolute() else str(base / store)

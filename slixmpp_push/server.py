@@ -112,30 +112,39 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stopping.set)
-    connected = asyncio.Event()
-    xmpp.add_event_handler("session_start", lambda _: connected.set())
-    xmpp.add_event_handler("disconnected", lambda _: connected.clear())
+    gone = asyncio.Event()  # the stream ended (after a session or a refused handshake)
+
+    def on_session(_: object) -> None:
+        log.info("connected to %s:%s as %s", config.xmpp.host, config.xmpp.port,
+                 xmpp.boundjid)
+        if ready is not None:
+            ready.set()
+
+    xmpp.add_event_handler("session_start", on_session)
+    xmpp.add_event_handler("disconnected", lambda _: gone.set())
+    xmpp.add_event_handler("connection_failed", lambda error: log.warning(
+        "cannot connect to %s:%s: %s (retrying)", config.xmpp.host, config.xmpp.port, error))
+    xmpp.add_event_handler("stream_error", lambda error: log.error(
+        "the server closed the stream: %s %s", error["condition"], error["text"]))
 
     async def stay_connected() -> None:
+        # slixmpp retries a failed TCP connect by itself; after a stream ends
+        # (the server restarted, or refused our handshake) we connect again.
         delay = 1.0
         while not stopping.is_set():
+            gone.clear()
+            began = loop.time()
             log.info("connecting to %s:%s as %s", config.xmpp.host, config.xmpp.port,
                      config.xmpp.jid)
             if config.xmpp.mode == "component":
                 xmpp.connect()
             else:
                 xmpp.connect(config.xmpp.host, config.xmpp.port)
-            disconnected = xmpp.wait_until("disconnected")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(connected.wait()), timeout=10)
-            if connected.is_set():
-                delay = 1.0
-                if ready is not None:
-                    ready.set()
-            with contextlib.suppress(Exception):
-                await disconnected
+            await gone.wait()
             if stopping.is_set():
                 return
+            if loop.time() - began > 60:
+                delay = 1.0  # it had been up a while: not a tight failure loop
             log.warning("disconnected; reconnecting in %.0f s", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_DELAY)

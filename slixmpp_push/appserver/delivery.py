@@ -205,6 +205,8 @@ class Delivery:
         self._pending[node] = entry
         try:
             await self.store.set_doc(PENDING, node, entry.to_doc())
+            if not self.metrics.store_writable:
+                self.metrics.store_result(True)  # it recovered (disk space freed)
         except StoreError as exc:
             self.metrics.store_result(False, str(exc))
             if self._pending.get(node) is entry:

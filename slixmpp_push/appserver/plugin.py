@@ -295,11 +295,16 @@ class PushAppServer(BasePlugin):
                           for k, v in form.get_values().items()}
                 values = {k: str(v) for k, v in values.items()}
             sender: JID = session["from"]
-            if not sender.user or not self.domain_allowed(sender.domain):
-                raise XMPPError("forbidden", etype="auth",
-                                text=f"accounts of {sender.domain} may not register here")
-            await self.start()
-            fields = await command.run(self, sender, values)
+            try:
+                if not sender.user or not self.domain_allowed(sender.domain):
+                    raise XMPPError("forbidden", etype="auth",
+                                    text=f"accounts of {sender.domain} may not register here")
+                await self.start()
+                fields = await command.run(self, sender, values)
+            except XMPPError as error:
+                log.info("%s from %s refused: %s (%s)", command.node, sender.bare,
+                         error.condition, error.text)
+                raise
             session["payload"] = result_form(self, fields)
             session["next"] = None
             session["has_next"] = False
@@ -338,9 +343,12 @@ class PushAppServer(BasePlugin):
             answer = "result"
         except XMPPError as error:
             answer = error.condition
+            log.info("publish to node %s from %s refused: %s (%s)", node or "?", publisher,
+                     error.condition, error.text)
             self._reply_error(xml, error.etype, error.condition, error.text)
         except MalformedPublish as error:
             answer = "bad-request"
+            log.info("malformed publish from %s: %s", publisher, error)
             self._reply_error(xml, "modify", "bad-request", str(error))
         except QueueFull:
             answer = "internal-server-error"

@@ -166,7 +166,9 @@ class PushRegistrar(BasePlugin):
 
     async def start(self) -> None:
         """Open the store (once per store object in the process); called by every API."""
-        if self._started is None or (self._started.done() and self._started.exception()):
+        failed = self._started is not None and self._started.done() and (
+            self._started.cancelled() or self._started.exception() is not None)
+        if self._started is None or failed:
             self._started = asyncio.ensure_future(_open_once(self.store))
         await asyncio.shield(self._started)
 

@@ -133,6 +133,15 @@ class TinyDBStore(Store):
         raise NotImplementedError  # open() loads in the writer thread
 
     def _load_sync(self) -> dict[str, dict[str, dict[str, Any]]]:
+        try:
+            return self._load_files()
+        except PermissionError as exc:  # a clear message, not a traceback
+            raise StoreError(f"{exc.filename}: permission denied (the store needs read and "
+                             "write access to its folder and files)") from None
+        except OSError as exc:
+            raise StoreError(f"{exc.filename or self.path}: {exc.strerror or exc}") from None
+
+    def _load_files(self) -> dict[str, dict[str, dict[str, Any]]]:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)

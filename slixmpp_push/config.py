@@ -5,7 +5,10 @@ Every key is documented in ``docs/configuration.md``; defaults live here only.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +108,14 @@ def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+(\[[0-9]+\])?")
+
+
+def quote_key(name: str) -> str:
+    """A key as TOML would write it in a dotted path: bare when it can be, else quoted."""
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+
+
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a table"}
 
@@ -119,7 +130,7 @@ class _Section:
         self.seen: set[str] = set()
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
+        return f"{self.prefix}.{quote_key(name)}" if self.prefix else quote_key(name)
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any = None,
             required: bool = False) -> Any:
@@ -140,6 +151,8 @@ class _Section:
 
     def positive(self, name: str, default: float, *, allow_zero: bool = True) -> float:
         value = self.get(name, float, default)
+        if not math.isfinite(value):
+            raise ConfigError(self.key(name), f"must be a finite number, not {value}")
         if value < 0 or (value == 0 and not allow_zero):
             bound = "at least 0" if allow_zero else "more than 0"
             raise ConfigError(self.key(name), f"must be {bound}, got {value}")
@@ -178,7 +191,10 @@ class _Section:
         if file_key in self.data:
             path = self.path(file_key)
             assert path is not None
-            value = Path(path).read_text(encoding="utf-8").strip()
+            try:
+                value = Path(path).read_text(encoding="utf-8").strip()
+            except (UnicodeDecodeError, OSError) as exc:
+                raise ConfigError(self.key(file_key), f"cannot read {path!r}: {exc}") from None
             if not value:
                 raise ConfigError(self.key(file_key), f"file {path!r} is empty")
             return value
@@ -216,7 +232,7 @@ def _read_xmpp(data: dict[str, Any], base: Path) -> XmppConfig:
 
 
 def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
-    where = f"apps.{app_id}" if "." not in app_id else f'apps."{app_id}"'
+    where = f"apps.{quote_key(app_id)}"
     if not isinstance(data, dict):
         raise ConfigError(where, "must be a table")
     section = _Section(data, where, base)
@@ -322,13 +338,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     listen = metrics_section.get("listen", str)
     metrics_listen = None
     if listen is not None:
-        host, _, port = listen.rpartition(":")
-        bracketed = host.startswith("[") and host.endswith("]")
-        if (not host or not port.isdigit() or not 0 < int(port) < 65536
-                or (":" in host and not bracketed)):
-            raise ConfigError("metrics.listen",
-                              f"must be 'host:port' (IPv6 as '[::1]:port'), not {listen!r}")
-        metrics_listen = (host.strip("[]"), int(port))
+        metrics_listen = parse_listen(listen, "metrics.listen")
     metrics_section.finish()
     notifier = ingest = None
     if "notifier" in data:
@@ -361,9 +371,24 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(str(file), "file does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), f"is not valid TOML: {exc}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(str(file), f"cannot be read as a UTF-8 text file: {exc}") from None
     config = parse_config(data, file.resolve().parent)
     config.source = file
     return config
+
+
+def parse_listen(listen: str, key: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) → (host, port); ConfigError naming ``key``."""
+    host, _, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid = bool(host) and "[" not in host and "]" not in host
+    else:
+        valid = bool(host) and not any(c in host for c in ":[]")
+    if not valid or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"must be 'host:port' (IPv6 as '[::1]:port'), not {listen!r}")
+    return host, int(port)
 
 
 def check_credentials(app: AppConfig) -> None:
@@ -418,6 +443,8 @@ def load_store_path(path: str | os.PathLike[str]) -> str:
         raise ConfigError(str(file), "file does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), f"is not valid TOML: {exc}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(str(file), f"cannot be read as a UTF-8 text file: {exc}") from None
     base = file.resolve().parent
     server = _Section(_table(data, "appserver", ""), "appserver", base)
     store = server.get("store", str, "slixmpp-push.json")

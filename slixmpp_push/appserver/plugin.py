@@ -289,11 +289,22 @@ class PushAppServer(BasePlugin):
 
         async def complete(form: Any, session: dict[str, Any],
                            values: dict[str, str] | None = None) -> dict[str, Any]:
-            self._expire_session(session)
+            try:
+                return await run(form, session, values)
+            finally:
+                # After the work, however long it took (xep_0050 keeps a
+                # completed session forever otherwise).
+                self._expire_session(session)
+
+        async def run(form: Any, session: dict[str, Any],
+                      values: dict[str, str] | None) -> dict[str, Any]:
             if values is None:
-                values = {k: (v[0] if isinstance(v, list) and v else v or "")
-                          for k, v in form.get_values().items()}
-                values = {k: str(v) for k, v in values.items()}
+                # A later step: xep_0050 passes the payloads, a list (maybe empty).
+                if isinstance(form, list):
+                    form = next((f for f in form if hasattr(f, "get_values")), None)
+                raw = form.get_values() if form is not None else {}
+                values = {k: str(v[0] if isinstance(v, list) and v else v or "")
+                          for k, v in raw.items()}
             sender: JID = session["from"]
             try:
                 if not sender.user or not self.domain_allowed(sender.domain):
@@ -321,7 +332,13 @@ class PushAppServer(BasePlugin):
     async def _on_publish(self, iq: StanzaBase) -> None:
         began = time.perf_counter()
         xml = iq.xml
+        kind = xml.get("type")
+        if kind in ("result", "error"):
+            return  # never answer an answer (RFC 6120 8.2.3): two peers could loop
         publisher = xml.get("from", "")
+        if kind != "set":
+            self._reply_error(xml, "modify", "bad-request", "a publish is an iq of type set")
+            return
         submitted: Submitted | None = None
         node = ""
         dialect = "unknown"

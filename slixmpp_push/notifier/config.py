@@ -126,16 +126,12 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
 
 
 def read_ingest(section: Any, base: Path) -> ReceiverConfig:
-    from ..config import _Section
+    from ..config import _Section, parse_listen
 
     ingest = _Section(section, "ingest", base)
-    listen = ingest.get("listen", str, "127.0.0.1:9095")
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("ingest.listen", f"must be 'host:port', not {listen!r}")
-    token = ingest.secret("token", required=host.strip("[]") not in ("127.0.0.1", "::1",
-                                                                      "localhost"))
-    config = ReceiverConfig(host=host.strip("[]"), port=int(port), token=token,
+    host, port = parse_listen(ingest.get("listen", str, "127.0.0.1:9095"), "ingest.listen")
+    token = ingest.secret("token", required=host not in ("127.0.0.1", "::1", "localhost"))
+    config = ReceiverConfig(host=host, port=port, token=token,
                             max_body=ingest.count("max_body", 256 * 1024, minimum=1024),
                             rate_burst=ingest.count("rate_burst", 30),
                             rate_interval=ingest.positive("rate_interval", 2.0,

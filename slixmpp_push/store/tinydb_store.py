@@ -104,6 +104,7 @@ class TinyDBStore(Store):
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._opening: asyncio.Future[None] | None = None
+        self._broken = False  # a failed write could not be undone: no more writes
 
     # -- loading ------------------------------------------------------------
     async def open(self) -> None:
@@ -192,10 +193,12 @@ class TinyDBStore(Store):
             try:
                 table, key, doc = json.loads(line)
             except ValueError:
-                if number >= len(lines) - 1 and not self.read_only:
-                    # The last line was torn by a crash: never acknowledged, drop it.
+                if number >= len(lines) - 1:
+                    # The last line was torn by a crash: never acknowledged, drop it
+                    # (and cut it off, unless we only read).
                     log.warning("store journal: ignoring a torn last entry")
-                    self._truncate_journal_to(raw, line)
+                    if not self.read_only:
+                        self._truncate_journal_to(raw, line)
                     break
                 raise StoreError(f"{self.journal_path}: line {number} is corrupt") from None
             if table not in tables:
@@ -269,8 +272,25 @@ class TinyDBStore(Store):
                 return
 
     def _append(self, data: bytes) -> None:
-        self._journal.write(data)
-        os.fsync(self._journal.fileno())
+        if self._broken:
+            raise StoreError(f"{self.journal_path} could not be repaired after a failed write")
+        fd = self._journal.fileno()
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (disk full, quota)
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            # Cut the partial batch off, so the next append does not glue onto a
+            # torn line; if even that fails, refuse every further write.
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:
+                self._broken = True
+            raise
 
     async def _compact(self) -> None:
         # Copy on the loop thread: documents are replaced, never mutated, so a

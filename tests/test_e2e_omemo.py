@@ -12,27 +12,24 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import slixmpp_omemo as omemo
+from omemo.storage import Just, Maybe, Nothing, Storage
+from omemo.types import JSONType
 from servers import Account, Connections, _connect, _run_blocking, disconnect, make_account
 from slixmpp import ClientXMPP, Message
 
 import slixmpp_push  # noqa: F401  (registers push_notifier)
 from slixmpp_push import Policy, Step, TinyDBStore
 from slixmpp_push.devserver import ProsodyServer
-from slixmpp_push.notifier import PushNotifier
-from slixmpp_push.store import base as store_base
-from slixmpp_push.store import tinydb_store
-
-omemo = pytest.importorskip("slixmpp_omemo")
-from omemo.storage import Just, Maybe, Nothing, Storage  # noqa: E402
-from omemo.types import JSONType  # noqa: E402
-
-from slixmpp_push.notifier.omemo import (  # noqa: E402
+from slixmpp_push.notifier.omemo import (
     DEFAULT_FALLBACK_MESSAGE,
     OMEMO_TABLE,
     OmemoChat,
     enable_omemo,
     normalize_fingerprint,
 )
+from slixmpp_push.store import base as store_base
+from slixmpp_push.store import tinydb_store
 
 OLDMEMO = "{eu.siacs.conversations.axolotl}encrypted"
 
@@ -222,8 +219,6 @@ async def test_omemo_page_is_decrypted_by_the_phone(
     assert keys and all(k.startswith(bot.boundjid.bare + "/") for k in keys)
 
 
-@pytest.mark.skipif(not hasattr(PushNotifier, "_on_encrypted_message"),
-                    reason="push_notifier does not read omemo_message yet")
 async def test_encrypted_ack_gets_an_encrypted_answer(
         pep_prosody: ProsodyServer, xmpp: Connections, bot_factory: Any) -> None:
     """Conversations answers an OMEMO chat with OMEMO: "ack" must still work."""

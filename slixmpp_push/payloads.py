@@ -122,7 +122,7 @@ def build_fcm(registration: Registration, notification: Notification,
         data["priority"] = "high"
     data = _fit(data, FCM_MAX_PAYLOAD)
     title = body = channel = None
-    if registration.dialect is Dialect.LOCAL and notification.title:
+    if notification.title:  # a page or a notice: shown by Android on the app's channel
         title = notification.title
         body = notification.body if app.include_body else None
         channel = app.android_channel
@@ -154,6 +154,20 @@ def _visible_fields(registration: Registration, notification: Notification,
     return fields
 
 
+def _surely_small(value: Any, limit: int) -> bool:
+    """A cheap upper bound: each character is at most 6 bytes of JSON (\\uXXXX)."""
+    budget = limit // 6 - 16
+
+    def cost(item: Any) -> int:
+        if isinstance(item, dict):
+            return sum(cost(k) + cost(v) + 4 for k, v in item.items()) + 2
+        if isinstance(item, list | tuple):
+            return sum(cost(v) + 2 for v in item) + 2
+        return len(str(item)) + 2
+
+    return cost(value) <= budget
+
+
 def _size(payload: dict[str, Any]) -> int:
     # Measured as aioapns serialises it (default separators, with spaces):
     # the compact form would undercount by a few bytes and APNs answers 413.
@@ -162,6 +176,8 @@ def _size(payload: dict[str, Any]) -> int:
 
 def _fit(payload: dict[str, Any], limit: int, nested: Any = None) -> dict[str, Any]:
     """Shorten text fields until ``payload`` fits ``limit`` bytes of JSON."""
+    if _surely_small(payload, limit):
+        return payload  # the common case, without serialising twice
     excess = _size(payload) - limit
     if excess <= 0:
         return payload

@@ -399,3 +399,18 @@ def test_apns_payload_always_fits_and_keeps_account(
     encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert len(encoded) <= APNS_MAX_PAYLOAD
     assert payload["account"] == ACCOUNT
+
+
+def test_fcm_page_is_a_visible_notification_on_the_configured_channel() -> None:
+    from slixmpp_push.payloads import build_fcm
+
+    app = AppConfig(id="fcm-xmpp-api", type="fcm", android_channel="pages", include_body=True)
+    registration = Registration(node="n", account="a@x", domain="x", app=app.id, token="t",
+                                dialect=Dialect.TIGASE)
+    page = Notification(title="[AB12] DiskFull", body="db1 97%", priority=Priority.CRITICAL)
+    request = build_fcm(registration, page, app, 1000.0)
+    assert (request.title, request.body, request.channel_id) == ("[AB12] DiskFull", "db1 97%",
+                                                                 "pages")
+    assert request.priority == "high"
+    quiet = AppConfig(id="fcm-xmpp-api", type="fcm", android_channel="pages")
+    assert build_fcm(registration, page, quiet, 1000.0).body is None  # body only opted in

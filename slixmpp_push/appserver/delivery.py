@@ -44,6 +44,14 @@ class Submitted(str, enum.Enum):
     REJECTED = "rejected"  # the provider refused it for good (not the token's fault)
 
 
+_SUBMITTED = {
+    Outcome.DELIVERED: Submitted.DELIVERED,
+    Outcome.DEAD_TOKEN: Submitted.DEAD_TOKEN,
+    Outcome.REJECTED: Submitted.REJECTED,
+    Outcome.RETRY: Submitted.QUEUED,  # _settle stored it durably before we got here
+}
+
+
 class QueueFull(Exception):
     """Too many notifications are pending: answer the publish with ``wait``."""
 
@@ -155,7 +163,15 @@ class Delivery:
         return len(self._pending)
 
     # -- the publish path ----------------------------------------------------------
-    async def submit(self, registration: Registration, notification: Notification) -> Submitted:
+    async def submit(self, registration: Registration, notification: Notification, *,
+                     inline: bool = False) -> Submitted:
+        """Deliver now, or keep durably pending; say which.
+
+        A publish (``inline=False``) is answered within ``reply_within``: a
+        slow provider is left working in a task of its own. A local sender
+        (pager, notices) has nothing to answer and waits inline, which spares
+        a task and a timer per notification on a large fan-out.
+        """
         node = registration.node
         now = time.time()
         if node in self._pending or node in self._inflight:
@@ -169,6 +185,11 @@ class Delivery:
             self.stats["throttled"] += 1
             self.metrics.rate_limited.inc()
             return Submitted.THROTTLED
+        if inline:
+            current = asyncio.current_task()
+            assert current is not None
+            self._inflight[node] = current
+            return _SUBMITTED[(await self._send_and_settle(registration, notification)).outcome]
         task = self._start(registration, notification)
         done, _ = await asyncio.wait({task}, timeout=self.policy.reply_within)
         if not done:
@@ -176,14 +197,7 @@ class Delivery:
             # completion settles the pending entry either way.
             await self._keep(registration, notification, due=now, replace_newer=False)
             return Submitted.QUEUED
-        result = task.result()
-        if result.outcome is Outcome.DELIVERED:
-            return Submitted.DELIVERED
-        if result.outcome is Outcome.DEAD_TOKEN:
-            return Submitted.DEAD_TOKEN
-        if result.outcome is Outcome.REJECTED:
-            return Submitted.REJECTED
-        return Submitted.QUEUED  # RETRY: _settle stored it durably before we got here
+        return _SUBMITTED[task.result().outcome]
 
     async def _keep(self, registration: Registration, notification: Notification,
                     due: float | None, replace_newer: bool = True) -> None:

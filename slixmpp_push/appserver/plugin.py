@@ -274,7 +274,7 @@ class PushAppServer(BasePlugin):
         """Deliver a notification to one registration from Python (pager, admin)."""
         if self._started is None or not self._started.done():
             await self.start()
-        return await self.delivery.submit(registration, notification)
+        return await self.delivery.submit(registration, notification, inline=True)
 
     # -- ad-hoc commands --------------------------------------------------------------
     def _command_handler(self, command: Command) -> Any:

@@ -100,7 +100,6 @@ class PushNotifier(BasePlugin):
         self.engine: PageEngine | None = None
         self._started: asyncio.Future[None] | None = None
         self._receipts: dict[str, str] = {}  # message id → page id
-        self._fan_out = asyncio.Semaphore(FAN_OUT)
         self.xmpp.add_event_handler("message", self._on_message)
         self.xmpp.add_event_handler("omemo_message", self._on_encrypted_message)
         self.xmpp.add_event_handler("receipt_received", self._on_receipt)
@@ -171,51 +170,54 @@ class PushNotifier(BasePlugin):
     async def _deliver(self, targets: Sequence[str], notification: Notification,
                        text: str, page: Page | None = None) -> NotifyReport:
         report = NotifyReport()
-        jobs = []
-        for spec in self.expand(targets, report):
-            jobs.append(self._deliver_one(spec, notification, text, report, page))
-        await asyncio.gather(*jobs)
+        specs = self.expand(targets, report)
+        pending = iter(specs)
+
+        async def worker() -> None:
+            for spec in pending:  # workers share one iterator: no task per target
+                await self._deliver_one(spec, notification, text, report, page)
+
+        await asyncio.gather(*(worker() for _ in range(min(FAN_OUT, len(specs)))))
         return report
 
     async def _deliver_one(self, spec: str, notification: Notification, text: str,
                            report: NotifyReport, page: Page | None) -> None:
         appserver = self.appserver
-        async with self._fan_out:
-            if spec.startswith("remote:"):
-                name = spec[len("remote:"):]
+        if spec.startswith("remote:"):
+            name = spec[len("remote:"):]
+            try:
+                await publish(self.xmpp, self.remotes[name], notification)
+                report.remote[name] = "ok"
+            except (IqError, IqTimeout) as exc:
+                condition = exc.iq["error"]["condition"] if isinstance(exc, IqError) \
+                    else "timeout"
+                log.warning("remote push %s refused: %s", name, condition)
+                report.remote[name] = condition
+            return
+        if spec.startswith("node:"):
+            registration = appserver.store.get(spec[5:]) if appserver else None
+            if registration is None:
+                report.unknown.append(spec)
+                return
+            report.pushes[registration.node] = await appserver.notify(  # type: ignore
+                registration, notification)
+            return
+        account = bare_jid(spec)
+        if appserver is not None:
+            for registration in appserver.store.by_account(account):
                 try:
-                    await publish(self.xmpp, self.remotes[name], notification)
-                    report.remote[name] = "ok"
-                except (IqError, IqTimeout) as exc:
-                    condition = exc.iq["error"]["condition"] if isinstance(exc, IqError) \
-                        else "timeout"
-                    log.warning("remote push %s refused: %s", name, condition)
-                    report.remote[name] = condition
-                return
-            if spec.startswith("node:"):
-                registration = appserver.store.get(spec[5:]) if appserver else None
-                if registration is None:
-                    report.unknown.append(spec)
-                    return
-                report.pushes[registration.node] = await appserver.notify(  # type: ignore
-                    registration, notification)
-                return
-            account = bare_jid(spec)
-            if appserver is not None:
-                for registration in appserver.store.by_account(account):
-                    try:
-                        report.pushes[registration.node] = await appserver.notify(
-                            registration, notification)
-                    except Exception as exc:  # one device's trouble must not stop a page
-                        log.error("push to %s failed: %s", registration.node, exc)
-            if self.config.get("chat", True):
-                message_id = await self.chat_sender.send(account, text)
-                report.chats.append(account)
-                if message_id and page is not None:
-                    self._receipts[message_id] = page.id
-                    del_oldest(self._receipts, 10_000)
-            if page is not None and account not in page.paged:
-                page.paged.append(account)
+                    report.pushes[registration.node] = await appserver.notify(
+                        registration, notification)
+                except Exception as exc:  # one device's trouble must not stop a page
+                    log.error("push to %s failed: %s", registration.node, exc)
+        if self.config.get("chat", True):
+            message_id = await self.chat_sender.send(account, text)
+            report.chats.append(account)
+            if message_id and page is not None:
+                self._receipts[message_id] = page.id
+                del_oldest(self._receipts, 10_000)
+        if page is not None and account not in page.paged:
+            page.paged.append(account)
 
     def expand(self, targets: Sequence[str], report: NotifyReport | None = None,
                depth: int = 0) -> list[str]:

@@ -362,18 +362,21 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
                   notifier=notifier, ingest=ingest, admins=admins)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a TOML config file."""
-    file = Path(path)
+def _read_toml(file: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(file), "file does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), f"is not valid TOML: {exc}") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigError(str(file), f"cannot be read as a UTF-8 text file: {exc}") from None
-    config = parse_config(data, file.resolve().parent)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file."""
+    file = Path(path)
+    config = parse_config(_read_toml(file), file.resolve().parent)
     config.source = file
     return config
 
@@ -437,14 +440,7 @@ def load_store_path(path: str | os.PathLike[str]) -> str:
     """Only ``[appserver] store`` of a config file: for ``devices``, which must
     work where the component secret or provider keys are not readable."""
     file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(file), "file does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(file), f"is not valid TOML: {exc}") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise ConfigError(str(file), f"cannot be read as a UTF-8 text file: {exc}") from None
+    data = _read_toml(file)
     base = file.resolve().parent
     server = _Section(_table(data, "appserver", ""), "appserver", base)
     store = server.get("store", str, "slixmpp-push.json")

@@ -154,7 +154,8 @@ class FakeApnsChild:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, str(Path(__file__).resolve()), "fake-apns",
             "--ca-dir", str(self.folder), cwd=ROOT,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            limit=1 << 26)  # ``times`` answers in one JSON line
         assert self._process.stdout is not None
         line = await asyncio.wait_for(self._process.stdout.readline(), 30)
         if not line.startswith(b"PORT "):

@@ -46,14 +46,12 @@ from xml.etree import ElementTree as ET
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slixmpp import ClientXMPP, ComponentXMPP  # noqa: E402
+from _common import APNS_APP, CpuMeter, FakeApnsChild, apns_app, machine, pct, write_p8_key
+from slixmpp import ClientXMPP, ComponentXMPP
 
-import slixmpp_push  # noqa: E402,F401  (registers push_appserver)
-from slixmpp_push import DeliveryPolicy, TinyDBStore  # noqa: E402
-from slixmpp_push.devserver import ComponentSpec, ProsodyServer  # noqa: E402
-
-from _common import (  # noqa: E402
-    APNS_APP, CpuMeter, FakeApnsChild, apns_app, machine, pct, write_p8_key)
+import slixmpp_push  # noqa: F401  (registers push_appserver)
+from slixmpp_push import DeliveryPolicy, TinyDBStore
+from slixmpp_push.devserver import ComponentSpec, ProsodyServer
 
 COMPONENT = "push.localhost"
 COMMANDS = "http://jabber.org/protocol/commands"
@@ -239,7 +237,8 @@ async def main(messages: int, rate: float, patch: str) -> int:
     print(f"  total     message → fake APNs request:       {stats(whole)}")
     print(f"  baseline  message → publish at component:    {stats(baseline)}  (Prosody)")
     print(f"  ours      publish at component → fake APNs:  {stats(ours)}")
-    print(f"  ratio total/baseline: medians {statistics.median(whole) / statistics.median(baseline):.1f}"
+    medians = statistics.median(whole) / statistics.median(baseline)
+    print(f"  ratio total/baseline: medians {medians:.1f}"
           f", p99 {pct(whole, .99) / pct(baseline, .99):.1f}; {len(times)} APNs requests for "
           f"{total} publishes ({coalesced} coalesced into a newer one while the node's "
           f"previous push was in flight); app server stats {stats_}")

@@ -48,8 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (  # noqa: E402
-    APNS_APP, CpuMeter, FakeApnsChild, apns_app, machine, pct, write_p8_key)
+from _common import APNS_APP, CpuMeter, FakeApnsChild, apns_app, machine, pct, write_p8_key
 
 COMPONENT = "push.localhost"
 DOMAIN = "localhost"
@@ -201,6 +200,7 @@ class ServerStream(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self.counter = 0
         self.outstanding: dict[bytes, float] = {}  # id -> perf_counter() at send
+        self.all_answered = asyncio.Event()
         self.refill = False  # window mode: every reply sends the next publish
         self.log: list[tuple[float, float]] = []  # (sent, replied) per reply
         self.results = 0
@@ -268,6 +268,8 @@ class ServerStream(asyncio.Protocol):
         self.buffer = self.buffer[cut:] if cut >= 0 else b""
         if self.refill and answered:
             self.send(answered)
+        elif not self.outstanding:
+            self.all_answered.set()
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, count: int) -> None:
@@ -281,11 +283,12 @@ class ServerStream(asyncio.Protocol):
             self.outstanding[ident.encode()] = now
             parts.append(PUBLISH.format(id=ident, node=nodes[i % len(nodes)]))
         self.transport.write("".join(parts).encode())  # type: ignore[union-attr]
+        self.all_answered.clear()
 
     async def _drain(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.outstanding and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        if self.outstanding:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_answered.wait(), timeout)
         if self.outstanding:
             raise RuntimeError(f"{len(self.outstanding)} publishes never answered")
 

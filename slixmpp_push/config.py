@@ -142,8 +142,8 @@ class _Section:
         value = self.data[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)
-                                           and kind is not bool):
+        # bool is an int to Python, but `port = true` is no port.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             kinds = (kind,) if isinstance(kind, type) else kind
             names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
             raise ConfigError(self.key(name), f"must be {names}, not {value!r}")

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..appserver.delivery import RateLimiter
 from ..errors import MissingDependency
 from ..models import Priority
 
@@ -145,22 +146,6 @@ def parse_alertmanager(payload: Any) -> AlertGroup:
 
 
 # -- the HTTP side -------------------------------------------------------------------------
-class _Buckets:
-    def __init__(self, burst: int, interval: float) -> None:
-        self.burst, self.interval = burst, interval
-        self.state: dict[str, tuple[float, float]] = {}
-
-    def take(self, client: str) -> float:
-        now = time.monotonic()
-        tokens, at = self.state.get(client, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) / self.interval)
-        if tokens >= 1:
-            self.state[client] = (tokens - 1, now)
-            return 0.0
-        self.state[client] = (tokens, now)
-        return (1 - tokens) * self.interval
-
-
 class AlertReceiver:
     """Serves the ingest endpoints for one :class:`PushNotifier`."""
 
@@ -172,7 +157,7 @@ class AlertReceiver:
         self.notifier = notifier
         self.config = config
         self._web = web
-        self._limits = _Buckets(config.rate_burst, config.rate_interval)
+        self._limits = RateLimiter(config.rate_burst, config.rate_interval)
         self.app = web.Application(client_max_size=config.max_body,
                                    middlewares=[self._guard])
         self.app.router.add_get("/health", self.health)
@@ -209,7 +194,7 @@ class AlertReceiver:
         @web.middleware
         async def guard(request: Any, handler: Any) -> Any:
             if request.path != "/health":
-                wait = self._limits.take(request.remote or "?")
+                wait = self._limits.take(request.remote or "?", time.monotonic())
                 if wait > 0:
                     return self._error(429, "too many requests",
                                        headers={"Retry-After": str(int(wait) + 1)})

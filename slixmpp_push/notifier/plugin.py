@@ -222,7 +222,7 @@ class PushNotifier(BasePlugin):
     def expand(self, targets: Sequence[str], report: NotifyReport | None = None,
                depth: int = 0) -> list[str]:
         """Flatten groups into account JIDs, ``node:`` and ``remote:`` targets."""
-        flat: list[str] = []
+        flat: dict[str, None] = {}  # ordered set: a 10k-member group stays linear
         for spec in targets:
             spec = spec.strip()
             if spec.startswith("group:"):
@@ -231,13 +231,13 @@ class PushNotifier(BasePlugin):
                     if report is not None:
                         report.unknown.append(spec)
                     continue
-                flat.extend(self.expand(members, report, depth + 1))
+                flat.update(dict.fromkeys(self.expand(members, report, depth + 1)))
             elif spec.startswith("remote:") and spec[7:] not in self.remotes:
                 if report is not None:
                     report.unknown.append(spec)
-            elif spec and spec not in flat:
-                flat.append(spec)
-        return list(dict.fromkeys(flat))
+            elif spec:
+                flat[spec] = None
+        return list(flat)
 
     def _notification(self, title: str, body: str, priority: Priority) -> Notification:
         return Notification(title=title, body=body, priority=priority, message_count=1,
@@ -315,9 +315,8 @@ class PushNotifier(BasePlugin):
         report = await self._deliver(targets, notification, text, page)
         page.log(time.time(), "sent", f"{reason}: {report.delivered} push(es), "
                                       f"{len(report.chats)} chat(s)")
-        if self.engine is not None:
-            await self.engine.store.set_doc("pages", page.id, page.to_doc()) \
-                if page.active else None
+        if self.engine is not None and page.active:  # keep who was paged (acks, resume)
+            await self.engine.store.set_doc("pages", page.id, page.to_doc())
         if reason == "page" and (page.step or page.round):
             self.xmpp.event("page_escalated", page)
 

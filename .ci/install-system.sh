@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install the XMPP servers the integration tests and the demo run privately
 # (slixmpp_push.devserver): Prosody 0.12 + prosody-modules (mod_cloud_notify)
-# and ejabberd 23.01 (mod_push), from Debian's packages.
+# and ejabberd 23.01 (mod_push), from Debian's packages; then, through
+# .ci/install-backports.sh, Prosody 13.0.1 (+ prosody-modules 0.0~hg20250402,
+# mod_cloud_notify_extensions) and ejabberd 24.12 from bookworm-backports,
+# unpacked into a private prefix ($SLIXMPP_PUSH_SERVERS, default
+# /opt/slixmpp-push-servers) beside the system packages, not replacing them.
 #
 # Idempotent: returns at once when everything is installed. The tests start
 # their own instances from a temporary folder on loopback; the system services
@@ -86,3 +90,6 @@ for program in prosody prosodyctl erl; do
 done
 echo "install-system.sh: prosody $(dpkg-query -W -f='${Version}' prosody)," \
     "ejabberd $(dpkg-query -W -f='${Version}' ejabberd) ready"
+
+# Prosody 13 and ejabberd 24.12 (bookworm-backports) in the private prefix.
+bash "$(dirname "$0")/install-backports.sh"

@@ -2,6 +2,7 @@
 
     slixmpp-push serve --config FILE        run the app server
     slixmpp-push check-config FILE          validate a config without connecting
+    slixmpp-push doctor --config FILE       check a deployment: XMPP, Apple/Google, store, clock
     slixmpp-push devices list --config FILE
     slixmpp-push devices remove NODE --config FILE
     slixmpp-push demo                       a self-contained demo on a private Prosody
@@ -82,10 +83,33 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import logging
+
+    from .doctor import run_doctor
+
+    if not logging.getLogger().handlers:
+        # The report says what went wrong: no library warnings on stderr besides it.
+        logging.getLogger().addHandler(logging.NullHandler())
+    report = asyncio.run(run_doctor(args.config, args.timeout))
+    print(report.json() if args.json else report.text())
+    return report.exit_status
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return asyncio.run(run_demo(keep_running=args.keep_running))
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("node")
     remove.add_argument("--config", "-c", required=True)
     devices.set_defaults(run=cmd_devices)
+    doctor = commands.add_parser(
+        "doctor", help="check a deployment: XMPP login, Apple/Google credentials, store, clock")
+    doctor.add_argument("--config", "-c", required=True)
+    doctor.add_argument("--timeout", type=_positive, default=10.0,
+                        help="seconds for each network check (default 10)")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(run=cmd_doctor)
     demo = commands.add_parser("demo", help="run the self-contained demo")
     demo.add_argument("--keep-running", action="store_true",
                       help="keep the demo servers up until Ctrl-C")

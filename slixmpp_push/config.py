@@ -39,6 +39,9 @@ class AppConfig:
     call_ttl: int = 30  # seconds a call (VoIP) notification stays useful
     format: str = ""  # console only: render requests as "apns" (default) or "fcm"
     monal_modules: tuple[str, ...] = ()  # Monal pushModule values served by this app
+    # "account": a burst of chat alerts for one account replaces rather than stacks
+    # (APNs apns-collapse-id, FCM collapse key); "none": every message stacks.
+    collapse: str = "account"
     # APNs
     topic: str = ""  # bundle id; VoIP pushes go to "<topic>.voip"
     sandbox: bool = False
@@ -73,6 +76,7 @@ class DeliveryPolicy:
 # -- loading -------------------------------------------------------------------------
 
 APP_TYPES = ("apns", "fcm", "console")
+COLLAPSE_MODES = ("account", "none")
 
 
 @dataclass(slots=True)
@@ -246,9 +250,13 @@ def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
         ttl=section.count("ttl", 604_800, minimum=0),
         call_ttl=section.count("call_ttl", 30, minimum=0),
         monal_modules=tuple(section.strings("monal_modules")),
+        collapse=section.get("collapse", str, "account"),
         endpoint=section.get("endpoint", str),
         ca_file=section.path("ca_file"),
     )
+    if app.collapse not in COLLAPSE_MODES:
+        raise ConfigError(section.key("collapse"), f"must be one of {', '.join(COLLAPSE_MODES)}, "
+                          f"not {app.collapse!r}")
     if kind in ("apns", "console"):
         app.topic = section.get("topic", str, "" if kind == "console" else None,
                                 required=kind == "apns")

@@ -207,9 +207,9 @@ async def run_demo(keep_running: bool = False) -> int:
         began = time.perf_counter()
         bob.send_message(mto=JID("alice@localhost"), mbody="Are you on call tonight?", mtype="chat")
         say("6/9", "the app server dispatches the push (console provider, as Apple would get it):")
-        at, _ = await _next_push(sent, "background")
-        say("6/9", f"message sent → push in {(at - began) * 1000:.1f} ms; no "
-                   "message text left the machine")
+        at, _ = await _next_push(sent, "alert")
+        say("6/9", f"message sent → push in {(at - began) * 1000:.1f} ms: a visible alert "
+                   "that Siskin's extension fills in; no message text left the machine")
         assert config.ingest is not None
         alice = await _client(prosody, "alice@localhost", "alice-pw")
         clients.append(alice)

@@ -5,15 +5,16 @@ logs), listens on ``127.0.0.1`` only, on free high ports, with server-to-server
 traffic switched off, and is stopped by its PID. Nothing touches a system
 service or its files::
 
-    async with ProsodyServer() as server:          # or EjabberdServer()
+    async with ProsodyServer() as server:  # or Prosody13Server(), EjabberdServer()…
         alice = await server.register("alice", "pw")   # -> "alice@localhost"
         host, port = server.c2s_address                 # plain TCP, no TLS
         push = server.component                         # ComponentSpec("push.localhost", secret)
         ...                                             # connect clients / the component
 
 What each instance offers: the virtual host ``domain`` (``localhost``), c2s on
-plain TCP (SASL PLAIN and SCRAM allowed without TLS), an XEP-0114 component
-per :class:`ComponentSpec` (default ``push.<domain>`` with a random secret),
+plain TCP (SASL PLAIN allowed without TLS, and SCRAM except on ejabberd 24.12:
+see :class:`Ejabberd2412Server`), an XEP-0114 component per
+:class:`ComponentSpec` (default ``push.<domain>`` with a random secret),
 roster, disco, ping, carbons, offline storage, stream management with
 resumption, MAM, and XEP-0357 push (Prosody ``mod_cloud_notify``, ejabberd
 ``mod_push``).
@@ -22,9 +23,50 @@ Accounts: :meth:`DevServer.register` works before and after :meth:`start`
 (Prosody: ``prosodyctl register``; ejabberd: its HTTP API on a loopback port,
 accounts given before start are created right after it is ready).
 
-The Debian packages are ``prosody`` + ``prosody-modules`` and ``ejabberd``
-(``.ci/install-system.sh`` installs them). :meth:`DevServer.available` says
-whether a server can run here, :meth:`DevServer.unavailable_reason` why not.
+Four servers, two versions of each (:attr:`DevServer.version` tells which;
+``isinstance(server, ProsodyServer)`` tells the family):
+
+- :class:`ProsodyServer`, version ``"0.12"``: the system's Debian ``prosody``
+  and ``prosody-modules`` (``mod_cloud_notify`` from prosody-modules);
+- :class:`Prosody13Server`, ``"13"``: bookworm-backports ``prosody`` 13.0.1
+  and ``prosody-modules`` 0.0~hg20250402 from the private prefix (core
+  ``mod_cloud_notify``, and ``mod_cloud_notify_extensions`` enabled by default);
+- :class:`EjabberdServer`, ``"23.01"``: the system's Debian ``ejabberd``;
+- :class:`Ejabberd2412Server`, ``"24.12"``: bookworm-backports ``ejabberd``
+  24.12 and the newer ``erlang-p1-*`` / ``erlang-jose`` it needs, from the
+  private prefix, on bookworm's Erlang/OTP 25.
+
+``.ci/install-system.sh`` installs the system packages and then runs
+``.ci/install-backports.sh``, which unpacks the pinned backports packages
+(``apt-get download`` with a private apt configuration, ``dpkg -x``) into the
+private prefix: :func:`servers_prefix`, the environment variable
+``SLIXMPP_PUSH_SERVERS`` or else ``/opt/slixmpp-push-servers``
+(``prosody13/`` and ``ejabberd24.12/`` below it). Nothing there is registered
+with dpkg or replaces a system file, so both versions of each server run side
+by side. How a private server is kept apart from the system one:
+
+- Prosody 13: Debian's launcher has its folders baked in
+  (``CFG_SOURCEDIR='/usr/lib/prosody'``, which would load the system 0.12
+  sources); the install step patches the unpacked ``usr/bin/prosody`` and
+  ``prosodyctl`` to read ``PROSODY_SRCDIR``, ``PROSODY_PLUGINDIR``,
+  ``PROSODY_CFGDIR`` and ``PROSODY_DATADIR`` like an unconfigured upstream
+  launcher, and :class:`Prosody13Server` sets them to the private tree (the
+  workdir for config and data). Its ``plugin_paths`` name only the private
+  modules folder, where the backports ``prosody-modules`` unpacks too; 0.12's
+  ``plugin_paths`` name only the system folders. The system Lua libraries
+  (``lua5.4``, ``lua-expat``, ``lua-sec``…) serve both.
+- ejabberd 24.12: ``ERL_LIBS`` names only the private
+  ``usr/lib/<multiarch>`` (``ejabberd-24.12…``) and ``usr/lib/erlang/lib``
+  (``p1_xml-1.1.55``…). Erlang puts ``ERL_LIBS`` before its own lib folder
+  (where bookworm's older ``p1_*`` live), so the private applications win.
+
+After start, a server whose log announces another release than its
+:attr:`DevServer.version` (``Prosody version …``, ``ejabberd … is started``) is
+stopped with :class:`DevServerError`: the wrong code on its path.
+
+:meth:`DevServer.available` says whether a server can run here,
+:meth:`DevServer.unavailable_reason` why not (naming the package or the
+install script).
 
 The server objects hold no asyncio objects between calls: ``start()``,
 ``register()`` and ``stop()`` may run in different event loops (a test
@@ -60,11 +102,28 @@ __all__ = [
     "DevServer",
     "DevServerError",
     "DevServerUnavailable",
+    "Ejabberd2412Server",
     "EjabberdServer",
+    "Prosody13Server",
     "ProsodyServer",
+    "servers_prefix",
 ]
 
 LOOPBACK = "127.0.0.1"
+
+#: environment variable naming the folder .ci/install-backports.sh unpacks into
+SERVERS_PREFIX_ENV = "SLIXMPP_PUSH_SERVERS"
+DEFAULT_SERVERS_PREFIX = "/opt/slixmpp-push-servers"
+#: the script that installs the private servers (named in error messages)
+BACKPORTS_SCRIPT = ".ci/install-backports.sh"
+
+
+def servers_prefix() -> Path:
+    """Where the private (backports) servers are unpacked.
+
+    ``$SLIXMPP_PUSH_SERVERS`` when set, else ``/opt/slixmpp-push-servers``.
+    """
+    return Path(os.environ.get(SERVERS_PREFIX_ENV) or DEFAULT_SERVERS_PREFIX)
 
 
 class DevServerError(RuntimeError):
@@ -235,6 +294,13 @@ class DevServer(abc.ABC):
 
     #: shown in messages
     name: ClassVar[str] = "server"
+    #: "prosody" or "ejabberd"
+    family: ClassVar[str] = "server"
+    #: the server's release as people name it: "0.12", "13", "23.01", "24.12"
+    version: ClassVar[str] = ""
+    #: regex on the log whose group 1 is the running release (checked after start
+    #: when the log level shows it): a private server must not run the system's code
+    version_pattern: ClassVar[str | None] = None
     #: Debian packages that provide the server
     debian_packages: ClassVar[tuple[str, ...]] = ()
     #: log text that means a port was taken between choosing and binding it
@@ -292,6 +358,16 @@ class DevServer(abc.ABC):
         reason = cls.unavailable_reason()
         if reason is not None:
             raise DevServerUnavailable(reason)
+
+    @classmethod
+    def key(cls) -> str:
+        """Family and version, e.g. ``"prosody13"``: test ids, file names."""
+        return f"{cls.family}{cls.version}"
+
+    @classmethod
+    def version_info(cls) -> tuple[int, ...]:
+        """:attr:`version` as numbers, for comparisons: ``(0, 12)``, ``(24, 12)``."""
+        return tuple(int(part) for part in cls.version.split("."))
 
     @classmethod
     def _install_hint(cls, what: str) -> str:
@@ -412,7 +488,7 @@ class DevServer(abc.ABC):
             self._given_workdir.mkdir(parents=True, exist_ok=True)
             self._workdir = self._given_workdir.resolve()
         else:
-            self._workdir = Path(tempfile.mkdtemp(prefix=f"slixmpp-push-{self.name.lower()}-"))
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"slixmpp-push-{self.key()}-"))
         self._ports = _free_ports(2 + self.extra_port_count, self.host)
         self._write_config()
 
@@ -446,6 +522,7 @@ class DevServer(abc.ABC):
                     self._write_config()
                     self.log_path.unlink(missing_ok=True)
                     self.console_path.unlink(missing_ok=True)
+            self._check_version()
             await self._after_ready()
         except BaseException:
             # stop() keeps the log text in memory and removes the folder
@@ -519,6 +596,22 @@ class DevServer(abc.ABC):
                     + self.describe_logs()
                 )
             await asyncio.sleep(0.02)
+
+    def _check_version(self) -> None:
+        """Fail when the log announces another release than :attr:`version`."""
+        if self.version_pattern is None:
+            return
+        found = re.search(self.version_pattern, self.log_text())
+        if found is None:  # not logged at this log level
+            return
+        running = found.group(1)
+        if running != self.version and not running.startswith(
+            (f"{self.version}.", f"{self.version}-")
+        ):
+            raise DevServerError(
+                f"{self.name}: expected release {self.version}, but it runs {running} "
+                "(wrong libraries on its path?)\n" + self.describe_logs()
+            )
 
     def _collided(self) -> bool:
         return self._log_has(self.port_collision_markers)
@@ -704,7 +797,10 @@ class ProsodyServer(DevServer):
     """
 
     name = "Prosody"
-    debian_packages = ("prosody", "prosody-modules")
+    family = "prosody"
+    version = "0.12"
+    version_pattern = r"Prosody version (\S+)"
+    debian_packages: ClassVar[tuple[str, ...]] = ("prosody", "prosody-modules")
     port_collision_markers = ("Failed to open server port",)
     modules: ClassVar[tuple[str, ...]] = (
         "roster",
@@ -749,12 +845,25 @@ class ProsodyServer(DevServer):
         for program in ("prosody", "prosodyctl"):
             if shutil.which(program) is None:
                 return cls._install_hint(f"'{program}' is not on PATH")
-        if not any(
-            Path(d, "mod_cloud_notify").is_dir() or Path(d, "mod_cloud_notify.lua").is_file()
-            for d in cls.module_dirs
-        ):
+        if not cls._has_module("cloud_notify"):
             return cls._install_hint("mod_cloud_notify was not found")
         return None
+
+    @classmethod
+    def _plugin_paths(cls) -> list[str]:
+        """The module folders this Prosody loads from (``plugin_paths``)."""
+        return [d for d in cls.module_dirs if Path(d).is_dir()]
+
+    @classmethod
+    def _has_module(cls, module: str) -> bool:
+        return any(
+            Path(d, f"mod_{module}").is_dir() or Path(d, f"mod_{module}.lua").is_file()
+            for d in cls._plugin_paths()
+        )
+
+    def _program(self, name: str) -> list[str]:
+        """argv start of ``prosody`` / ``prosodyctl``."""
+        return [name]
 
     @property
     def config_path(self) -> Path:
@@ -768,9 +877,10 @@ class ProsodyServer(DevServer):
         work = self.workdir
         for sub in ("data", "certs"):
             (work / sub).mkdir(exist_ok=True)
-        plugin_paths = [d for d in self.module_dirs if Path(d).is_dir()]
+        plugin_paths = self._plugin_paths()
         settings: list[tuple[str, object]] = [
-            ("run_as_root", True),  # else 0.12 refuses *and hangs* when run as root
+            # As root, without it 0.12 refuses *and hangs*; 13 refuses and exits 1
+            ("run_as_root", True),
             ("pidfile", str(work / "prosody.pid")),
             ("data_path", str(work / "data")),
             ("certificates", str(work / "certs")),
@@ -816,7 +926,13 @@ class ProsodyServer(DevServer):
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _command(self) -> list[str]:
-        return ["prosody", "--config", str(self.config_path), "-F"]
+        return [*self._program("prosody"), "--config", str(self.config_path), "-F"]
+
+    def _environment(self) -> dict[str, str]:
+        env = super()._environment()
+        for key in [k for k in env if k.startswith("PROSODY")]:
+            del env[key]
+        return env
 
     def _account_file(self, user: str) -> Path:
         # Prosody's datamanager: every byte that is not a letter or a digit
@@ -837,7 +953,7 @@ class ProsodyServer(DevServer):
         if self._account_file(user).exists():
             raise DevServerError(f"account {user}@{self.domain} already exists")
         proc = await asyncio.create_subprocess_exec(
-            "prosodyctl",
+            *self._program("prosodyctl"),
             "--config",
             str(self.config_path),
             "register",
@@ -848,6 +964,7 @@ class ProsodyServer(DevServer):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=self.workdir,
+            env=self._environment(),
         )
         output, _ = await proc.communicate()
         if proc.returncode != 0:
@@ -855,6 +972,116 @@ class ProsodyServer(DevServer):
                 f"prosodyctl register {user} {self.domain} failed "
                 f"(status {proc.returncode}): {output.decode(errors='replace').strip()}"
             )
+
+
+class _PrivateInstall:
+    """A server unpacked by ``.ci/install-backports.sh`` into :func:`servers_prefix`."""
+
+    #: folder below the prefix
+    subdir: ClassVar[str] = ""
+    #: the pinned packages, as the install script names them
+    backports_packages: ClassVar[tuple[str, ...]] = ()
+    name: ClassVar[str]
+
+    @classmethod
+    def root(cls) -> Path:
+        """The unpacked tree (``<prefix>/<subdir>``)."""
+        return servers_prefix() / cls.subdir
+
+    @classmethod
+    def _install_hint(cls, what: str) -> str:
+        return (
+            f"{cls.name} is not usable: {what}. Run {BACKPORTS_SCRIPT} (or "
+            f".ci/install-system.sh): it unpacks Debian bookworm-backports "
+            f"{', '.join(cls.backports_packages)} into {cls.root()} "
+            f"(the folder above it comes from ${SERVERS_PREFIX_ENV}, "
+            f"default {DEFAULT_SERVERS_PREFIX})"
+        )
+
+    @classmethod
+    def _installed_stamp_reason(cls) -> str | None:
+        """Why the unpacked tree is not the pinned one, or None."""
+        stamp = cls.root() / ".installed"
+        try:
+            installed = set(stamp.read_text().split())
+        except OSError:
+            return f"{stamp} is missing"
+        wrong = [p for p in cls.backports_packages if p not in installed]
+        if wrong:
+            return f"{cls.root()} does not hold {', '.join(wrong)}"
+        return None
+
+
+class Prosody13Server(_PrivateInstall, ProsodyServer):
+    """Prosody 13.0.1 (core ``mod_cloud_notify``) from Debian bookworm-backports.
+
+    Runs the unpacked ``<prefix>/prosody13/usr/bin/prosody`` (launcher patched
+    by the install step to take its folders from ``PROSODY_*``) with the
+    unpacked sources and modules, and the system's Lua 5.4 libraries. Loads
+    modules only from the private tree: core ``mod_cloud_notify`` and, from the
+    backports ``prosody-modules`` 0.0~hg20250402 (unpacked into the same
+    folder), ``mod_cloud_notify_extensions`` (= ``_encrypted``,
+    ``_priority_tag``, ``_filters``: the Tigase extensions Siskin and Snikket
+    ask for), enabled unless ``cloud_notify_extensions=False``.
+
+    The options are those of :class:`ProsodyServer`.
+    """
+
+    name = "Prosody 13"
+    version = "13"
+    subdir = "prosody13"
+    backports_packages = (
+        "prosody=13.0.1-1~bpo12+1",
+        "prosody-modules=0.0~hg20250402.f315edc39f3d+dfsg-1~bpo12+1",
+    )
+    debian_packages: ClassVar[tuple[str, ...]] = ()  # none: see _install_hint
+
+    def __init__(self, *, cloud_notify_extensions: bool = True, **options: Any) -> None:
+        super().__init__(**options)
+        self.cloud_notify_extensions = cloud_notify_extensions
+        if cloud_notify_extensions and "cloud_notify_extensions" not in self.extra_modules:
+            self.extra_modules = ("cloud_notify_extensions", *self.extra_modules)
+
+    @classmethod
+    def _modules_dir(cls) -> Path:
+        return cls.root() / "usr" / "lib" / "prosody" / "modules"
+
+    @classmethod
+    def _plugin_paths(cls) -> list[str]:
+        return [str(cls._modules_dir())]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        launcher = cls.root() / "usr" / "bin" / "prosody"
+        if not launcher.is_file():
+            return cls._install_hint(f"{launcher} is missing")
+        if shutil.which("lua5.4") is None:
+            return cls._install_hint("'lua5.4' is not on PATH")
+        reason = cls._installed_stamp_reason()
+        if reason is not None:
+            return cls._install_hint(reason)
+        for module in ("cloud_notify", "cloud_notify_extensions"):
+            if not cls._has_module(module):
+                return cls._install_hint(f"mod_{module} is not in {cls._modules_dir()}")
+        return None
+
+    def _program(self, name: str) -> list[str]:
+        # lua5.4 explicitly: the launcher's "#!/usr/bin/env lua5.4" would
+        # depend on PATH just the same, this says which interpreter runs it.
+        lua = shutil.which("lua5.4") or "lua5.4"
+        return [lua, str(self.root() / "usr" / "bin" / name)]
+
+    def _environment(self) -> dict[str, str]:
+        env = super()._environment()
+        env.update(
+            {
+                "PROSODY_SRCDIR": str(self.root() / "usr" / "lib" / "prosody"),
+                "PROSODY_PLUGINDIR": f"{self._modules_dir()}/",
+                "PROSODY_CFGDIR": str(self.workdir),
+                "PROSODY_DATADIR": str(self.workdir / "data"),
+            }
+        )
+        return env
 
 
 # -------------------------------------------------------------------- ejabberd
@@ -881,7 +1108,10 @@ class EjabberdServer(DevServer):
     """
 
     name = "ejabberd"
-    debian_packages = ("ejabberd",)
+    family = "ejabberd"
+    version = "23.01"
+    version_pattern = r"ejabberd (\S+) is started"
+    debian_packages: ClassVar[tuple[str, ...]] = ("ejabberd",)
     port_collision_markers = ("eaddrinuse", "address already in use")
     # ejabberd logs this and then idles instead of exiting
     fatal_markers = ("Failed to start ejabberd application",)
@@ -905,9 +1135,9 @@ class EjabberdServer(DevServer):
         self.extra_config = dict(extra_config or {})
         self._pending_accounts: list[tuple[str, str]] = []
 
-    @staticmethod
-    def _erl_libs() -> str | None:
-        """The folder holding ``ejabberd-<version>/`` (Debian: multiarch lib dir)."""
+    @classmethod
+    def _erl_libs(cls) -> str | None:
+        """``ERL_LIBS``: the folder holding ``ejabberd-<version>/`` (Debian: multiarch lib dir)."""
         override = os.environ.get("EJABBERD_ERL_LIBS")
         if override:
             return override
@@ -1112,3 +1342,61 @@ class EjabberdServer(DevServer):
         except (IndexError, ValueError):
             raise DevServerError(f"ejabberd HTTP API: unreadable reply {raw[:200]!r}") from None
         return status, payload.decode(errors="replace")
+
+
+class Ejabberd2412Server(_PrivateInstall, EjabberdServer):
+    """ejabberd 24.12 (``mod_push``) from Debian bookworm-backports.
+
+    Runs bookworm's ``erl`` (OTP 25, which 24.12 accepts) with ``ERL_LIBS`` at
+    the unpacked ``<prefix>/ejabberd24.12/usr/lib/<multiarch>`` (ejabberd
+    itself) and ``usr/lib/erlang/lib`` (``erlang-p1-*`` and ``erlang-jose`` in
+    the versions 24.12 needs, newer than bookworm's). ``ERL_LIBS`` comes before
+    OTP's lib folder in the code path, so these win over the system's older
+    copies; the libraries bookworm has in a new enough version (lager, jiffy,
+    idna, OTP…) come from the system. ``EJABBERD_ERL_LIBS`` is not read.
+
+    c2s offers PLAIN only (``disable_sasl_mechanisms``, unless given in
+    ``extra_config``): over plain TCP 24.12 rejects the SCRAM login of a client
+    that supports channel binding (see :meth:`_config`).
+
+    The options are those of :class:`EjabberdServer`.
+    """
+
+    name = "ejabberd 24.12"
+    version = "24.12"
+    subdir = "ejabberd24.12"
+    backports_packages = ("ejabberd=24.12-3~bpo12+1", "erlang-p1-xmpp=1.9.4-1~bpo12+1")
+    debian_packages: ClassVar[tuple[str, ...]] = ()  # none: see _install_hint
+
+    def _config(self) -> dict[str, Any]:
+        config = super()._config()
+        # p1_xmpp 1.9.4's SCRAM fails the final step when the client's gs2 flag
+        # is "y" (client can bind, server offered no -PLUS), which is what a
+        # binding-capable client such as slixmpp sends over this plain TCP
+        # ("Invalid channel binding"). With TLS, where -PLUS is offered, it
+        # does not arise. Offer PLAIN only, unless the caller set the option.
+        if "disable_sasl_mechanisms" not in self.extra_config:
+            config["disable_sasl_mechanisms"] = ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+        return config
+
+    @classmethod
+    def _erl_libs(cls) -> str | None:
+        root = cls.root()
+        apps = sorted(
+            glob.glob(str(root / "usr" / "lib" / "*" / "ejabberd-24.12*" / "ebin" / "ejabberd.app"))
+        )
+        libs = root / "usr" / "lib" / "erlang" / "lib"
+        if not apps or not libs.is_dir():
+            return None
+        return f"{Path(apps[-1]).parents[2]}:{libs}"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if shutil.which("erl") is None:
+            return cls._install_hint("Erlang's 'erl' is not on PATH")
+        if cls._erl_libs() is None:
+            return cls._install_hint(f"ejabberd 24.12 was not found in {cls.root()}")
+        reason = cls._installed_stamp_reason()
+        if reason is not None:
+            return cls._install_hint(reason)
+        return None

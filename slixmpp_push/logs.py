@@ -3,6 +3,12 @@
 slixmpp logs every stanza at DEBUG, and registration commands and publishes
 carry device tokens and secrets; the redaction filter masks their values
 before any handler sees them.
+
+A node can be a device token too: Monal enables push with its hex APNs token
+as the node. Our own log lines pass every node through :func:`loggable_node`,
+and :func:`redact` shortens a token-shaped ``node='…'`` attribute (``<publish>``,
+``<enable>``, ``<item>``, ``<pubsub>``…) or ``node`` field value in stanza logs,
+the way the providers shorten tokens: the first 8 characters and "…".
 """
 
 from __future__ import annotations
@@ -19,10 +25,37 @@ _ENCRYPT_KEY = re.compile(r"(<encrypt\b[^>]*>)[^<]*")
 _HANDSHAKE = re.compile(r"(<handshake[^>]*>)[0-9a-fA-F]{20,}")
 REDACTED = "[redacted]"
 
+#: Characters of a token kept in logs: enough to correlate, useless to push with.
+LOG_TOKEN_CHARS = 8
+#: A node this long and all hex is a device token (APNs tokens are 64 hex digits).
+TOKEN_NODE_MIN = 32
+_TOKEN_NODE = re.compile(rf"[0-9a-fA-F]{{{TOKEN_NODE_MIN},}}")
+_NODE_ATTRIBUTE = re.compile(
+    rf"""(\bnode\s*=\s*(["']))([0-9a-fA-F]{{{LOG_TOKEN_CHARS}}})"""
+    rf"""[0-9a-fA-F]{{{TOKEN_NODE_MIN - LOG_TOKEN_CHARS},}}(?=\2)""")
+_NODE_FIELD = re.compile(
+    rf"""(<field\b[^>]*\bvar=(["'])node\2[^>]*>\s*<value>)([0-9a-fA-F]{{{LOG_TOKEN_CHARS}}})"""
+    rf"""[0-9a-fA-F]{{{TOKEN_NODE_MIN - LOG_TOKEN_CHARS},}}(?=<)""")
+
+
+def short_token(token: str) -> str:
+    """A device token as logs show it: its first characters and "…"."""
+    return token[:LOG_TOKEN_CHARS] + "…"
+
+
+def loggable_node(node: str) -> str:
+    """``node`` for a log line: shortened like a token when it is one (Monal)."""
+    if len(node) >= TOKEN_NODE_MIN and _TOKEN_NODE.fullmatch(node):
+        return short_token(node)
+    return node
+
 
 def redact(text: str) -> str:
     text = _SECRET_FIELDS.sub(rf"\1{REDACTED}", text)
     text = _ENCRYPT_KEY.sub(rf"\1{REDACTED}", text)
+    if "node" in text:
+        text = _NODE_ATTRIBUTE.sub("\\1\\3…", text)
+        text = _NODE_FIELD.sub("\\1\\3…", text)
     return _HANDSHAKE.sub(rf"\1{REDACTED}", text)
 
 

@@ -81,6 +81,10 @@ class Metrics:
         self.dead_tokens = Counter(PREFIX + "dead_tokens_removed",
                                    "Registrations removed for a dead token", ["app"],
                                    registry=r)
+        self.echoes_suppressed = Counter(
+            PREFIX + "echoes_suppressed",
+            "Publishes not pushed: the server's echo of a page already pushed", ["app"],
+            registry=r)
         self.rate_limited = Counter(PREFIX + "rate_limited",
                                     "Publishes held back by the per-node rate limit",
                                     registry=r)

@@ -1,22 +1,56 @@
 """Build the provider request for one notification to one registration.
 
-Pure functions, no I/O: what each client reads, decided in one place.
+Pure functions, no I/O: what each client shows, decided in one place.
+
+First :func:`presentation` decides *how* a notification appears on the device,
+from the dialect and what the publish signals; then the APNs or FCM builder
+renders that decision:
+
+=============  ===============================================================
+CALL           a call (Jingle propose, ``<encrypted type='voip'>``): a VoIP
+               push to the second token; without one, a time-sensitive alert
+URGENT         a page (critical, or high with a title): a visible alert that
+               breaks through Focus (``time-sensitive``) or Do Not Disturb
+               (``critical``)
+NOTICE         a titled notice (administrator, pager at normal priority)
+MESSAGE        a chat message: a visible, *mutable* alert with a neutral text,
+               so that iOS runs the app's Notification Service Extension,
+               which decrypts or fetches the message and shows it
+WAKE           a silent background push: Tigase priority ``low``, Siskin's
+               "messages fetched" (``unread-messages`` 0, no sender, no body),
+               or a publish that signals nothing to show
+=============  ===============================================================
+
+A publish signals a message when it carries a message count above zero, a
+body, an ``<encrypted>`` payload or Tigase priority ``high``: stock Prosody and
+ejabberd send no priority element, and a background push for their chat
+messages would never be shown (iOS also throttles background pushes to a few
+an hour).
+
+Per client family:
 
 - Conversations (p2 dialect): a data-only FCM message ``{"account": <device
   key>[, "channel": <channel key>]}``; the app fetches the message itself.
-- Siskin / Stork (Tigase dialect): ``account`` plus either the encrypted blob
-  (``encrypted``, ``iv``, forwarded unchanged) or ``sender`` / ``body`` /
-  ``unread-messages``; a call goes as VoIP push to the second token.
-- Monal (stateless dialect): a mutable alert, so its notification service
-  extension wakes up and fetches the message.
+- Siskin, Snikket iOS, v1 clients (APNs): ``account`` plus either the
+  encrypted blob (``encrypted``, ``iv``, forwarded unchanged) or
+  ``unread-messages`` (and ``sender`` / ``body`` with ``include_body``).
+- Stork and other Tigase-dialect FCM clients: the same keys as FCM data,
+  high priority for a message.
+- Monal (stateless dialect): a mutable alert, so its extension wakes up and
+  fetches the message.
 
-Bodies and senders reach Apple or Google only when the app's
-``include_body`` is set. Payloads never exceed the provider's limit: text
-fields are shortened, the keys clients need never are.
+One notification per event: alerts for one account and app share an
+``apns-collapse-id`` / FCM collapse key, so a burst replaces rather than
+stacks (the app's ``collapse = "none"`` turns that off); a page or notice with
+a key collapses on its own key. Bodies and senders reach Apple or Google only
+when the app's ``include_body`` is set. Payloads never exceed the provider's
+limit: text fields are shortened, the keys clients need never are.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 from typing import Any
 
@@ -30,7 +64,43 @@ FCM_MAX_PAYLOAD = 4096
 #: Keys whose text may be shortened to fit, longest first.
 TRUNCATABLE = ("body", "sender", "nickname", "title")
 ELLIPSIS = "…"
+#: What a visible chat alert says until the app's extension replaces it: nothing
+#: about the sender or the text, which the extension decrypts or fetches.
 GENERIC_TITLE = "New message"
+CALL_TITLE = "Incoming call"
+
+
+class Presentation(enum.Enum):
+    """How a notification appears on the device (see the module docstring)."""
+
+    CALL = "call"
+    URGENT = "urgent"
+    NOTICE = "notice"
+    MESSAGE = "message"
+    WAKE = "wake"
+
+
+def presentation(registration: Registration, notification: Notification) -> Presentation:
+    """Decide how ``notification`` is shown to the owner of ``registration``."""
+    if notification.is_call:
+        return Presentation.CALL
+    priority = notification.priority
+    if priority is Priority.CRITICAL or (notification.title and priority is Priority.HIGH):
+        return Presentation.URGENT
+    if notification.title:
+        return Presentation.NOTICE
+    if priority is Priority.LOW:
+        return Presentation.WAKE  # the client asked for a silent push
+    if registration.dialect is Dialect.MONAL or signals_message(notification):
+        return Presentation.MESSAGE
+    return Presentation.WAKE
+
+
+def signals_message(notification: Notification) -> bool:
+    """Whether a publish says a message is waiting (what a person should see)."""
+    return bool(notification.encrypted or notification.body
+                or (notification.message_count or 0) > 0
+                or notification.priority is Priority.HIGH)
 
 
 def build_request(registration: Registration, notification: Notification,
@@ -45,42 +115,49 @@ def build_request(registration: Registration, notification: Notification,
 # -- APNs ----------------------------------------------------------------------
 def build_apns(registration: Registration, notification: Notification,
                app: AppConfig, now: float) -> ApnsRequest:
-    if notification.is_call and registration.voip_token:
+    shown = presentation(registration, notification)
+    if shown is Presentation.CALL and registration.voip_token:
         return _apns_voip(registration, notification, app, now)
     custom = _visible_fields(registration, notification, app)
-    if registration.dialect is Dialect.MONAL:
-        # Monal's notification service extension only runs for a mutable alert.
-        aps: dict[str, Any] = {"alert": {"title": GENERIC_TITLE}, "mutable-content": 1,
-                               "sound": "default"}
-        push_type, priority = "alert", 10
-    elif notification.priority.is_urgent or notification.is_call:
-        alert: dict[str, str] = {"title": notification.title or custom.get("sender")
-                                 or GENERIC_TITLE}
-        if notification.title and notification.body and app.include_body:
-            alert["body"] = notification.body
-        aps = {"alert": alert, "mutable-content": 1, "sound": "default"}
-        if notification.priority is Priority.CRITICAL:
-            aps["interruption-level"] = "critical"
-            aps["sound"] = {"critical": 1, "name": "default", "volume": 1.0}
-        else:  # HIGH: breaks through Focus, not through silent mode
-            aps["interruption-level"] = "time-sensitive"
-        push_type, priority = "alert", 10
-    elif notification.title:
-        # A notice with a title (pager, administrator) is shown, without urgency.
-        alert = {"title": notification.title}
+    if shown is Presentation.WAKE:
+        # Background pushes MUST use priority 5 and push type "background";
+        # nothing is displayed, so nothing is collapsed.
+        return ApnsRequest(
+            token=registration.token, topic=app.topic, push_type="background", priority=5,
+            expiration=int(now) + app.ttl,
+            payload=_fit({"aps": {"content-available": 1}, **custom}, APNS_MAX_PAYLOAD),
+        )
+    alert: dict[str, str]
+    aps: dict[str, Any]
+    priority = 10
+    if shown is Presentation.URGENT or shown is Presentation.NOTICE:
+        alert = {"title": notification.title or GENERIC_TITLE}
         if notification.body and app.include_body:
             alert["body"] = notification.body
         aps = {"alert": alert, "mutable-content": 1}
-        push_type, priority = "alert", 5
-    else:
-        # Background pushes MUST use priority 5 and push type "background".
-        aps = {"content-available": 1}
-        push_type, priority = "background", 5
-    payload: dict[str, Any] = {"aps": aps, **custom}
-    payload = _fit(payload, APNS_MAX_PAYLOAD, nested=aps.get("alert"))
+        if notification.priority is Priority.CRITICAL:
+            aps["interruption-level"] = "critical"
+            aps["sound"] = {"critical": 1, "name": "default", "volume": 1.0}
+        elif shown is Presentation.URGENT:  # HIGH: breaks through Focus, not silent mode
+            aps["interruption-level"] = "time-sensitive"
+            aps["sound"] = "default"
+        else:
+            priority = 5  # shown, without urgency
+    elif shown is Presentation.CALL:  # a call to a device without a VoIP token
+        aps = {"alert": {"title": CALL_TITLE}, "mutable-content": 1, "sound": "default",
+               "interruption-level": "time-sensitive"}
+    else:  # MESSAGE: the app's notification service extension only runs for a mutable alert
+        aps = {"alert": {"title": GENERIC_TITLE}, "mutable-content": 1, "sound": "default"}
+    collapse = _collapse_id(registration, notification, app, shown)
+    if collapse is not None or shown is Presentation.MESSAGE:
+        aps["thread-id"] = _thread_id(registration, notification, app)
+    # Only a page's or notice's own text may be shortened; the neutral titles stay whole.
+    own_text = shown is Presentation.URGENT or shown is Presentation.NOTICE
+    payload = _fit({"aps": aps, **custom}, APNS_MAX_PAYLOAD,
+                   nested=aps["alert"] if own_text else None)
     return ApnsRequest(
-        token=registration.token, topic=app.topic, push_type=push_type, priority=priority,
-        expiration=int(now) + app.ttl, payload=payload,
+        token=registration.token, topic=app.topic, push_type="alert", priority=priority,
+        expiration=int(now) + app.ttl, payload=payload, collapse_id=collapse,
     )
 
 
@@ -107,7 +184,6 @@ def _apns_voip(registration: Registration, notification: Notification,
 # -- FCM -----------------------------------------------------------------------
 def build_fcm(registration: Registration, notification: Notification,
               app: AppConfig, now: float) -> FcmRequest:
-    urgent = notification.priority.is_urgent or notification.is_call
     if registration.dialect is Dialect.P2:
         # Conversations wakes up and fetches; it never wants content from us.
         assert registration.device_key is not None
@@ -116,8 +192,12 @@ def build_fcm(registration: Registration, notification: Notification,
             data["channel"] = registration.channel_key
         return FcmRequest(token=registration.token, data=data, priority="high",
                           ttl=app.ttl, collapse_key=registration.device_key[:6])
+    shown = presentation(registration, notification)
     fields = _visible_fields(registration, notification, app)
     data = {key: str(value) for key, value in fields.items()}
+    # Android delays normal-priority data messages in Doze: a message, a call
+    # or a page must wake the app now (the Tigase guide's "priority": "high").
+    urgent = shown is not Presentation.WAKE and shown is not Presentation.NOTICE
     if urgent:
         data["priority"] = "high"
     data = _fit(data, FCM_MAX_PAYLOAD)
@@ -126,11 +206,45 @@ def build_fcm(registration: Registration, notification: Notification,
         title = notification.title
         body = notification.body if app.include_body else None
         channel = app.android_channel
+    collapse = _collapse_id(registration, notification, app, shown)
     return FcmRequest(
         token=registration.token, data=data, priority="high" if urgent else "normal",
-        ttl=app.call_ttl if notification.is_call else app.ttl,
-        title=title, body=body, channel_id=channel,
+        ttl=app.call_ttl if shown is Presentation.CALL else app.ttl,
+        collapse_key=collapse, title=title, body=body, channel_id=channel,
+        tag=collapse if title is not None else None,
     )
+
+
+# -- one notification per event ----------------------------------------------------
+def _digest(*parts: str) -> str:
+    # Stable across restarts and instances, reveals nothing, within APNs' 64 bytes.
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def _conversation(registration: Registration) -> str:
+    # A Monal registration knows its server's domain, not its account: the token
+    # is the narrowest key it has.
+    if registration.dialect is Dialect.MONAL:
+        return registration.token
+    return registration.account
+
+
+def _collapse_id(registration: Registration, notification: Notification, app: AppConfig,
+                 shown: Presentation) -> str | None:
+    """The ``apns-collapse-id`` / FCM collapse key, or None to stack."""
+    if notification.collapse_key:  # a page or keyed notice replaces its own earlier push
+        return _digest("key", notification.collapse_key)
+    if shown is Presentation.MESSAGE and app.collapse == "account":
+        return _digest(app.id, _conversation(registration))
+    return None
+
+
+def _thread_id(registration: Registration, notification: Notification,
+               app: AppConfig) -> str:
+    """Groups an account's alerts in Notification Center (pages by their key)."""
+    if notification.collapse_key:
+        return _digest("key", notification.collapse_key)
+    return _digest(app.id, _conversation(registration))
 
 
 # -- shared ----------------------------------------------------------------------

@@ -10,7 +10,14 @@ import pytest_asyncio
 from fakes.fake_apns import FakeApns
 from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
-from servers import ejabberd_server, prosody_server, xmpp, xmpp_server  # noqa: F401
+from servers import (  # noqa: F401
+    ejabberd2412_server,
+    ejabberd_server,
+    prosody13_server,
+    prosody_server,
+    xmpp,
+    xmpp_server,
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,35 @@
 """Pytest fixtures and helpers for tests against real Prosody / ejabberd.
 
-Servers (see :mod:`slixmpp_push.devserver`): one Prosody and one ejabberd per
-test session, started on first use, stopped at the end of the session. Each
-has the virtual host ``localhost``, c2s on plain TCP and the component
-``push.localhost`` (``server.component.jid`` / ``.secret``).
+Servers (see :mod:`slixmpp_push.devserver`): four, two releases each of Prosody
+and ejabberd, each started on first use and stopped at the end of the
+session. Each has the virtual host ``localhost``, c2s on plain TCP and the
+component ``push.localhost`` (``server.component.jid`` / ``.secret``).
 
 Fixtures
-    ``prosody_server``  session-scoped :class:`~slixmpp_push.devserver.ProsodyServer`
-    ``ejabberd_server`` session-scoped :class:`~slixmpp_push.devserver.EjabberdServer`
-    ``xmpp_server``     parametrised over both: a test using it runs once per server
-    ``xmpp``            function-scoped :class:`Connections`: connects clients and
-                        components in the test's event loop and disconnects them
-                        all after the test
+    ``prosody_server``      session-scoped :class:`~slixmpp_push.devserver.ProsodyServer`
+                            (Prosody 0.12, system Debian package)
+    ``prosody13_server``    session-scoped :class:`~slixmpp_push.devserver.Prosody13Server`
+                            (Prosody 13.0.1 from bookworm-backports, private prefix;
+                            ``mod_cloud_notify_extensions`` enabled)
+    ``ejabberd_server``     session-scoped :class:`~slixmpp_push.devserver.EjabberdServer`
+                            (ejabberd 23.01, system Debian package)
+    ``ejabberd2412_server`` session-scoped :class:`~slixmpp_push.devserver.Ejabberd2412Server`
+                            (ejabberd 24.12 from bookworm-backports, private prefix)
+    ``xmpp_server``         parametrised over all four: a test using it runs once per
+                            server, with the ids ``ejabberd23.01``, ``ejabberd24.12``,
+                            ``prosody0.12``, ``prosody13`` (``-k prosody13`` picks one).
+                            Branch on the family with ``isinstance(server, ProsodyServer)``
+                            (a Prosody13Server is one) and on the release with
+                            ``server.version`` / ``server.version_info()``
+    ``xmpp``                function-scoped :class:`Connections`: connects clients and
+                            components in the test's event loop and disconnects them
+                            all after the test
+
+``SERVER_FIXTURES`` maps each fixture name to its class, ``SERVER_CLASSES``
+each test id (``DevServer.key()``) to its class. Each server adds its own run of
+every ``xmpp_server`` test (about 45 s per server for the e2e files today): to
+run them on fewer, set ``SLIXMPP_PUSH_TEST_SERVERS=prosody13,ejabberd24.12``
+(comma-separated ids). CI runs all four.
 
 Helpers
     ``unique_user(prefix)``                   a user name no other test uses
@@ -23,13 +41,15 @@ Helpers
 Using them: ``tests/conftest.py`` imports the fixtures (pytest finds fixtures
 in a conftest by name)::
 
-    from servers import ejabberd_server, prosody_server, xmpp, xmpp_server  # noqa: F401
+    from servers import (  # noqa: F401
+        ejabberd2412_server, ejabberd_server, prosody13_server, prosody_server, xmpp, xmpp_server)
 
 (``tests/`` has no ``__init__.py``, so pytest puts ``tests/`` on ``sys.path``
 and the module is ``servers``; with an ``__init__.py`` it would be
 ``tests.servers``). A test module may import them too: the servers are
 shared through a reference count, so importing the fixtures in several places
-still starts one server of each kind per session. A test::
+still starts one server of each kind per session. Only the servers some
+selected test asks for are started (Prosody ~0.1-0.2 s, ejabberd ~1-1.8 s). A test::
 
     async def test_offline_push(prosody_server, xmpp):
         alice = await make_account(prosody_server, "alice")
@@ -47,7 +67,9 @@ test's loop (slixmpp objects bind to the loop current when created) is made
 inside the test, by the ``xmpp`` fixture or the helpers.
 
 When a server is not installed its fixtures skip the test, naming the Debian
-package; when the environment variable ``CI`` is set they fail instead.
+package (or, for the backports releases, ``.ci/install-backports.sh`` and the
+prefix it unpacks into); when the environment variable ``CI`` is set they fail
+instead.
 """
 
 from __future__ import annotations
@@ -67,19 +89,25 @@ from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp_push.devserver import (
     ComponentSpec,
     DevServer,
+    Ejabberd2412Server,
     EjabberdServer,
+    Prosody13Server,
     ProsodyServer,
 )
 
 __all__ = [
+    "SERVER_CLASSES",
+    "SERVER_FIXTURES",
     "Account",
     "Connections",
     "XmppConnectError",
     "connect_client",
     "connect_component",
     "disconnect",
+    "ejabberd2412_server",
     "ejabberd_server",
     "make_account",
+    "prosody13_server",
     "prosody_server",
     "unique_user",
     "xmpp",
@@ -88,10 +116,31 @@ __all__ = [
 
 T = TypeVar("T")
 
-SERVER_CLASSES: dict[str, type[DevServer]] = {
-    "prosody": ProsodyServer,
-    "ejabberd": EjabberdServer,
+#: fixture name -> server class (one shared instance of each per session)
+SERVER_FIXTURES: dict[str, type[DevServer]] = {
+    "prosody_server": ProsodyServer,
+    "prosody13_server": Prosody13Server,
+    "ejabberd_server": EjabberdServer,
+    "ejabberd2412_server": Ejabberd2412Server,
 }
+#: test id ("prosody0.12", "prosody13", "ejabberd23.01", "ejabberd24.12") -> class
+SERVER_CLASSES: dict[str, type[DevServer]] = {
+    cls.key(): cls for cls in SERVER_FIXTURES.values()
+}
+_FIXTURE_OF: dict[str, str] = {cls.key(): name for name, cls in SERVER_FIXTURES.items()}
+
+
+def _xmpp_server_params() -> list[str]:
+    """The test ids ``xmpp_server`` runs over: all, or ``$SLIXMPP_PUSH_TEST_SERVERS``."""
+    wanted = os.environ.get("SLIXMPP_PUSH_TEST_SERVERS", "")
+    keys = [key.strip() for key in wanted.split(",") if key.strip()]
+    unknown = sorted(set(keys) - set(SERVER_CLASSES))
+    if unknown:
+        raise ValueError(
+            f"SLIXMPP_PUSH_TEST_SERVERS names unknown servers {unknown}; "
+            f"known: {', '.join(sorted(SERVER_CLASSES))}"
+        )
+    return sorted(keys or SERVER_CLASSES)
 
 # ------------------------------------------------------------------ servers
 
@@ -140,24 +189,40 @@ def _session_server(kind: str) -> Iterator[DevServer]:
 
 @pytest.fixture(scope="session")
 def prosody_server() -> Iterator[ProsodyServer]:
-    """Prosody 0.12 + mod_cloud_notify for the whole session."""
-    for server in _session_server("prosody"):
-        assert isinstance(server, ProsodyServer)
+    """Prosody 0.12 + mod_cloud_notify (system packages) for the whole session."""
+    for server in _session_server(ProsodyServer.key()):
+        assert type(server) is ProsodyServer
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prosody13_server() -> Iterator[Prosody13Server]:
+    """Prosody 13 + core mod_cloud_notify + mod_cloud_notify_extensions (backports)."""
+    for server in _session_server(Prosody13Server.key()):
+        assert isinstance(server, Prosody13Server)
         yield server
 
 
 @pytest.fixture(scope="session")
 def ejabberd_server() -> Iterator[EjabberdServer]:
-    """ejabberd 23.01 + mod_push for the whole session."""
-    for server in _session_server("ejabberd"):
-        assert isinstance(server, EjabberdServer)
+    """ejabberd 23.01 + mod_push (system package) for the whole session."""
+    for server in _session_server(EjabberdServer.key()):
+        assert type(server) is EjabberdServer
         yield server
 
 
-@pytest.fixture(params=sorted(SERVER_CLASSES))
+@pytest.fixture(scope="session")
+def ejabberd2412_server() -> Iterator[Ejabberd2412Server]:
+    """ejabberd 24.12 + mod_push (backports, private prefix) for the whole session."""
+    for server in _session_server(Ejabberd2412Server.key()):
+        assert isinstance(server, Ejabberd2412Server)
+        yield server
+
+
+@pytest.fixture(params=_xmpp_server_params())
 def xmpp_server(request: pytest.FixtureRequest) -> DevServer:
-    """Each server in turn (the test runs once with Prosody, once with ejabberd)."""
-    server = request.getfixturevalue(f"{request.param}_server")
+    """Each server in turn: the test runs once per release (ids ``prosody13``…)."""
+    server = request.getfixturevalue(_FIXTURE_OF[request.param])
     assert isinstance(server, DevServer)
     return server
 

@@ -323,6 +323,17 @@ def test_fcm_without_service_account(folder: Path) -> None:
     assert error(data, folder).key == "apps.android.service_account_file"
 
 
+def test_collapse_modes(folder: Path) -> None:
+    default = parse_config(doc(), folder)
+    assert default.apps[0].collapse == "account"
+    stacked = parse_config(doc(apps={"console": {"type": "console", "collapse": "none"}}),
+                           folder)
+    assert stacked.apps[0].collapse == "none"
+    data = doc(apps={"console": {"type": "console", "collapse": "sender"}})
+    problem = error(data, folder)
+    assert problem.key == "apps.console.collapse" and "account, none" in str(problem)
+
+
 def test_console_bad_format(folder: Path) -> None:
     data = doc(apps={"console": {"type": "console", "format": "webpush"}})
     assert error(data, folder).key == "apps.console.format"
@@ -622,7 +633,12 @@ def test_notifier_ingest_omemo_and_muc_sections(tmp_path: Path) -> None:
     assert config.notifier.omemo is not None and config.notifier.omemo.btbv is False
     assert config.notifier.muc is not None and config.notifier.muc.room == "ops@conference.x"
     assert config.ingest.token == "t"
+    assert config.notifier.echo_window == 15.0
+    assert config.notifier.plugin_config()["echo_window"] == 15.0
+    quiet = parse_config({**base, "notifier": {"echo_window": 0}}, tmp_path)
+    assert quiet.notifier is not None and quiet.notifier.echo_window == 0
     bad = [
+        ({"echo_window": -1}, r"notifier\.echo_window"),
         ({"policies": {"p": {"steps": []}}}, r"notifier\.policies\.p\.steps"),
         ({"policies": {"p": {"steps": [{"targets": [], "wait": 1}]}}},
          r"notifier\.policies\.p\.steps\[0\]\.targets"),

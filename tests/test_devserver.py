@@ -1,7 +1,10 @@
 """Smoke tests: the private Prosody and ejabberd work for our push tests.
 
-The fixtures prosody_server, ejabberd_server, xmpp_server and xmpp come from
-tests/servers.py through conftest.py.
+Four servers: Prosody 0.12 and ejabberd 23.01 (system packages), Prosody 13
+and ejabberd 24.12 (bookworm-backports, unpacked by .ci/install-backports.sh).
+The fixtures prosody_server, prosody13_server, ejabberd_server,
+ejabberd2412_server, xmpp_server and xmpp come from tests/servers.py through
+conftest.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 import pytest
 from servers import SERVER_CLASSES, Connections, make_account
@@ -22,7 +24,15 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
 from slixmpp_push import devserver
-from slixmpp_push.devserver import DevServer, DevServerError, DevServerUnavailable, ProsodyServer
+from slixmpp_push.devserver import (
+    DevServer,
+    DevServerError,
+    DevServerUnavailable,
+    Ejabberd2412Server,
+    EjabberdServer,
+    Prosody13Server,
+    ProsodyServer,
+)
 
 PUSH_NS = "urn:xmpp:push:0"
 PUBSUB_NS = "http://jabber.org/protocol/pubsub"
@@ -59,7 +69,7 @@ def _start_time(pid: int) -> str | None:
 def _requires(kind: str) -> None:
     reason = SERVER_CLASSES[kind].unavailable_reason()
     if reason is not None:
-        if os.environ.get("CI"):  # CI installs both servers: missing is a failure
+        if os.environ.get("CI"):  # CI installs every server: missing is a failure
             pytest.fail(reason)
         pytest.skip(reason)
 
@@ -108,7 +118,7 @@ async def test_start_register_stop_leaves_nothing_behind(
 
 
 async def test_context_manager_and_given_workdir(tmp_path: Path) -> None:
-    _requires("prosody")
+    _requires(ProsodyServer.key())
     async with ProsodyServer(
         workdir=tmp_path / "p", smacks_hibernation_time=2, push_max_hibernation_timeout=3
     ) as server:
@@ -151,14 +161,14 @@ async def test_port_taken_between_choice_and_bind_is_retried(
 async def test_readiness_without_proc_falls_back_to_connecting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _requires("prosody")
+    _requires(ProsodyServer.key())
     monkeypatch.setattr(devserver, "_listening_ports", lambda pid: None)
     async with ProsodyServer() as server:
         assert server.running
 
 
 async def test_start_failure_raises_with_log_tail() -> None:
-    _requires("prosody")
+    _requires(ProsodyServer.key())
     server = ProsodyServer(extra_config=["this is not Lua"], ready_timeout=10)
     with pytest.raises(DevServerError) as raised:
         await server.start()
@@ -171,13 +181,110 @@ def test_unavailable_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(devserver.shutil, "which", lambda _: None)
     for cls, package in (
         (ProsodyServer, "prosody-modules"),
-        (devserver.EjabberdServer, "ejabberd"),
+        (EjabberdServer, "ejabberd"),
+        (Prosody13Server, "install-backports.sh"),
+        (Ejabberd2412Server, "install-backports.sh"),
     ):
         assert not cls.available()
         reason = cls.unavailable_reason()
         assert reason is not None and package in reason
         with pytest.raises(DevServerUnavailable, match=package):
             asyncio.run(cls().start())
+
+
+def test_backports_prefix_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(devserver.SERVERS_PREFIX_ENV, str(tmp_path))
+    assert devserver.servers_prefix() == tmp_path
+    for cls, folder in ((Prosody13Server, "prosody13"), (Ejabberd2412Server, "ejabberd24.12")):
+        reason = cls.unavailable_reason()
+        assert reason is not None
+        assert str(tmp_path / folder) in reason and "install-backports.sh" in reason
+    monkeypatch.delenv(devserver.SERVERS_PREFIX_ENV)
+    assert devserver.servers_prefix() == Path(devserver.DEFAULT_SERVERS_PREFIX)
+
+
+def _loaded_files(pid: int) -> set[str]:
+    """Files mapped into process ``pid`` (shared libraries, NIFs)."""
+    found = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            found.add(fields[5])
+    return found
+
+
+async def test_each_release_runs_its_own_code(xmpp_server: DevServer) -> None:
+    """The backports releases run from the private prefix, the system ones never do."""
+    prefix = str(devserver.servers_prefix())
+    log = xmpp_server.log_text()
+    private = isinstance(xmpp_server, Prosody13Server | Ejabberd2412Server)
+    if isinstance(xmpp_server, ProsodyServer):
+        announced = {"0.12": "Prosody version 0.12.", "13": "Prosody version 13.0.1"}
+        assert announced[xmpp_server.version] in log
+        config = xmpp_server.config_path.read_text()
+        paths = next(line for line in config.splitlines() if line.startswith("plugin_paths"))
+        assert (prefix in paths) == private
+        assert ('"/usr/lib/prosody' in paths) != private  # the system's module folder
+        assert ("cloud_notify_extensions" in config) == private
+    else:
+        announced = {"23.01": "ejabberd 23.01-1 is started", "24.12": "ejabberd 24.12-3~bpo12+1 is"}
+        assert announced[xmpp_server.version] in log
+        # The NIFs loaded show which p1_* applications the code path picked:
+        # 24.12 must not run bookworm's older ones, 23.01 never the private ones.
+        assert xmpp_server.pid is not None
+        nifs = [f for f in _loaded_files(xmpp_server.pid) if "/lib/p1_" in f]
+        assert any("/p1_xmpp-" in f for f in nifs), nifs
+        assert all(f.startswith(f"{prefix}/ejabberd24.12/") == private for f in nifs), nifs
+        if not private:
+            assert any(f.startswith("/usr/lib/erlang/lib/p1_xmpp-1.6.1/") for f in nifs), nifs
+
+
+async def test_prosody13_advertises_the_tigase_extensions(
+    prosody13_server: Prosody13Server, xmpp: Connections
+) -> None:
+    """mod_cloud_notify_extensions is loaded: what Siskin and Snikket look for."""
+    alice = await make_account(prosody13_server, "alice")
+    client = await xmpp.client(prosody13_server, alice)
+    info = await client.plugin["xep_0030"].get_info(jid=JID(alice.jid), local=False, timeout=5)
+    features = set(info["disco_info"]["features"])
+    assert {
+        PUSH_NS,
+        "tigase:push:encrypt:0",
+        "tigase:push:encrypt:aes-128-gcm",
+        "tigase:push:jingle:0",
+        "tigase:push:priority:0",
+        "tigase:push:filter:ignore-unknown:0",
+        "tigase:push:filter:muted:0",
+        "tigase:push:filter:groupchat:0",
+    } <= features
+
+
+async def test_prosody13_without_extensions(xmpp: Connections) -> None:
+    _requires(Prosody13Server.key())
+    async with Prosody13Server(cloud_notify_extensions=False) as server:
+        alice = await make_account(server, "alice")
+        client = await xmpp.client(server, alice)
+        info = await client.plugin["xep_0030"].get_info(
+            jid=JID(alice.jid), local=False, timeout=5
+        )
+        features = set(info["disco_info"]["features"])
+        await xmpp.close()
+    assert PUSH_NS in features
+    assert not any(f.startswith("tigase:") for f in features)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root is refused")
+async def test_prosody13_as_root_needs_run_as_root() -> None:
+    """Prosody 13 refuses to run as root and exits (0.12 refuses and hangs)."""
+    _requires(Prosody13Server.key())
+    server = Prosody13Server(extra_config=["run_as_root = false"], ready_timeout=10)
+    began = time.monotonic()
+    with pytest.raises(DevServerError, match="exited while starting") as raised:
+        await server.start()
+    assert "Prosody doesn't need to be run as root" in str(raised.value)
+    assert time.monotonic() - began < 5
 
 
 # --------------------------------------------------------------- XMPP smoke
@@ -277,16 +384,17 @@ async def test_xep0357_offline_message_is_published_to_the_component(
     assert _summary(iq).get("last-message-body") != "hello alice"
 
 
-@pytest.mark.parametrize(
-    ("kind", "options"),
-    [
-        ("prosody", {"push_notification_with_body": True, "push_notification_with_sender": True}),
-        ("ejabberd", {"push_include_body": True, "push_include_sender": True}),
-    ],
-)
-async def test_body_and_sender_options(kind: str, options: dict[str, Any]) -> None:
+BODY_AND_SENDER = {
+    "prosody": {"push_notification_with_body": True, "push_notification_with_sender": True},
+    "ejabberd": {"push_include_body": True, "push_include_sender": True},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SERVER_CLASSES))
+async def test_body_and_sender_options(kind: str) -> None:
     _requires(kind)
-    async with SERVER_CLASSES[kind](**options) as server:
+    cls = SERVER_CLASSES[kind]
+    async with cls(**BODY_AND_SENDER[cls.family]) as server:
         connections = Connections()
         try:
             iq, _, bob = await _offline_push(server, connections, "n2", "the body")

@@ -74,9 +74,15 @@ async def test_siskin_register_device(xmpp_server: DevServer, xmpp: Connections,
         await send_chat(xmpp, xmpp_server, bob, alice, "secret words")
         (record,) = await fake_apns.wait_for(1, timeout=10)
         assert record.path == "/3/device/" + "aa11" * 16
-        assert_apns_headers(record, "background", "5", app.ttl)
-        expected: dict[str, object] = {"aps": {"content-available": 1},
-                                       "account": alice.jid}
+        # A stock server's chat message: a visible, mutable alert (iOS runs
+        # Siskin's notification service extension only for those), neutral text.
+        assert_apns_headers(record, "alert", "10", app.ttl)
+        conversation = hashlib.sha256(f"{APNS_APP}\0{alice.jid}".encode()).hexdigest()[:32]
+        assert record.headers["apns-collapse-id"] == conversation
+        expected: dict[str, object] = {
+            "aps": {"alert": {"title": "New message"}, "mutable-content": 1,
+                    "sound": "default", "thread-id": conversation},
+            "account": alice.jid}
         if is_prosody(xmpp_server):
             expected["unread-messages"] = 1  # Prosody always says 1; ejabberd no count
         assert record.body == expected

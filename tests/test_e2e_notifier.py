@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 
-from e2e import apns_app, execute, running_appserver
+from e2e import APNS_APP, apns_app, enable, execute, running_appserver, send_chat
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from notifier_support import person, pushes_for, running_bot, two_step_policy
-from servers import Connections, make_account
+from servers import Connections, disconnect, make_account
 from test_ingest import alertmanager, post
 
 from slixmpp_push import MemoryStore
-from slixmpp_push.devserver import ProsodyServer
+from slixmpp_push.appserver import PublishOutcome
+from slixmpp_push.devserver import DevServer, ProsodyServer
 from slixmpp_push.notifier import PageState, RemoteTarget
 from slixmpp_push.notifier.ingest import AlertReceiver, ReceiverConfig
 
@@ -146,6 +148,66 @@ async def test_bot_publishes_to_a_remote_app_server(
                                        "Backup failed", "nightly", priority="high")
         assert report.remote == {"alice-phone": "ok", "wrong-secret": "not-authorized"}
         (push,) = await pushes_for(fake_apns, "e7" * 32, 1)
-        assert push.headers["apns-push-type"] == "alert"  # high priority → visible alert
-        assert push.body["aps"]["interruption-level"] == "time-sensitive"
+        # Tigase priority high: a message to show now, a visible mutable alert (the
+        # receiving app server cannot tell a page from a chat message flagged high).
+        assert push.headers["apns-push-type"] == "alert"
+        assert push.headers["apns-priority"] == "10"
+        assert push.body["aps"]["mutable-content"] == 1
         await notifier.stop()
+
+
+async def test_page_to_an_offline_account_is_one_notification_per_device(
+        xmpp_server: DevServer, xmpp: Connections, fake_apns: FakeApns, test_ca: TestCA,
+        apns_key: Path, tmp_path: Path) -> None:
+    """The page's own push, and not a second one for the page's chat message, which
+    the account's server stores and publishes for: that publish is swallowed."""
+    alice_account = await make_account(xmpp_server, "alice")
+    bob_account = await make_account(xmpp_server, "bob")
+    policy = two_step_policy(alice_account.jid, bob_account.jid, wait=60)
+    async with running_bot(xmpp, xmpp_server, fake_apns, test_ca, apns_key,
+                           tmp_path / "s.json", [policy]) as notifier:
+        appserver = notifier.appserver
+        published: list[PublishOutcome] = []
+        both_published = asyncio.Event()
+
+        def seen(outcome: PublishOutcome) -> None:
+            published.append(outcome)
+            if len(published) == 2:
+                both_published.set()
+
+        appserver.xmpp.add_event_handler("push_published", seen)
+        alice = await person(xmpp, xmpp_server, BOT, alice_account, "a5" * 32)
+        tablet = await execute(alice.client, BOT, "register-device",
+                               {"provider": APNS_APP, "device-token": "a6" * 32})
+        await enable(alice.client, BOT, tablet["node"][0])
+        await disconnect(alice.client)
+        await asyncio.sleep(0.3)
+        page, _ = await notifier.page("db2-disk", "Disk full on db2", "99% used",
+                                      priority="critical")
+        for token in ("a5" * 32, "a6" * 32):
+            (push,) = await pushes_for(fake_apns, token, 1)
+            assert push.body["aps"]["interruption-level"] == "critical"
+            # Its escalations and repeats replace it: the page's own collapse id.
+            page_key = hashlib.sha256(f"key\0page:{page.id}".encode()).hexdigest()[:32]
+            assert push.headers["apns-collapse-id"] == page_key
+        # The server publishes once per device for the stored chat message: both
+        # answered result (the registrations stay), neither pushed.
+        await asyncio.wait_for(both_published.wait(), 10)
+        assert [p.answer for p in published] == ["result", "result"]
+        assert all(p.submitted is None for p in published)
+        await asyncio.sleep(1.5)  # Prosody batches hibernated sessions for ~1 s
+        assert len(fake_apns.requests) == 2
+        exposition = appserver.metrics.exposition().decode()
+        assert f'slixmpp_push_echoes_suppressed_total{{app="{APNS_APP}"}} 2.0' in exposition
+        # The next message from someone else is pushed as usual.
+        await send_chat(xmpp, xmpp_server, bob_account, alice_account, "are you on it?")
+        await pushes_for(fake_apns, "a5" * 32, 2)
+        await pushes_for(fake_apns, "a6" * 32, 2)
+        # And nothing was lost: the page's chat message waits for alice.
+        back = await xmpp.client(xmpp_server, alice_account, resource="laptop")
+        texts: asyncio.Queue[str] = asyncio.Queue()
+        back.add_event_handler("message", lambda m: m["body"] and texts.put_nowait(
+            str(m["body"])))
+        back.send_presence()
+        first = await asyncio.wait_for(texts.get(), 10)
+        assert first.startswith(f"PAGE {page.id}")

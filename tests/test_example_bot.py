@@ -109,6 +109,7 @@ def test_demo_runs_end_to_end() -> None:
     result = subprocess.run([sys.executable, "-m", "slixmpp_push.cli", "demo"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert '"push_type": "background"' in result.stdout
+    assert '"push_type": "alert"' in result.stdout
+    assert '"mutable-content": 1' in result.stdout
     assert '"interruption-level": "critical"' in result.stdout
     assert "Acknowledged" in result.stdout and "Demo complete" in result.stdout

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fakes.scripted import ScriptedProvider
+from slixmpp import JID
 from slixmpp.test import SlixTest
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
@@ -249,6 +250,44 @@ class TestSendNotificationCommand(SlixTest):
             self.assertIn(named, raw)
         self.assertEqual(self.scripted.sent, [])
 
+    def disco(self, query: str, frm: str, node: str, iq_id: str) -> str:
+        self.recv(f"<iq type='get' from='{frm}' to='push.localhost' id='{iq_id}'>"
+                  f"<query xmlns='http://jabber.org/protocol/disco#{query}' node='{node}'/>"
+                  "</iq>")
+        return self.sent_raw()
+
+    def test_listed_only_to_admins(self) -> None:
+        commands = "http://jabber.org/protocol/commands"
+        listed = {}
+        for who in (f"{ADMIN}/desk", "Admin@localhost/laptop", "alice@localhost/phone",
+                    "localhost"):
+            raw = self.disco("items", who, commands, f"i-{who}")
+            self.assertIn('type="result"', raw)
+            listed[who] = re.findall(r'<item [^>]*node="([^"]+)"', raw)
+        others = ["register-device", "unregister-device", "register-push-fcm",
+                  "register-push-apns", "unregister-push-fcm", "unregister-push-apns",
+                  "v1-register-push", "v1-unregister-push", "test-push"]
+        for who in (f"{ADMIN}/desk", "Admin@localhost/laptop"):  # bare JIDs compared
+            self.assertEqual(sorted(listed[who]), sorted([*others, "send-notification"]))
+        for who in ("alice@localhost/phone", "localhost"):
+            self.assertEqual(sorted(listed[who]), sorted(others))
+        # The names come along unchanged.
+        raw = self.disco("items", "alice@localhost/phone", commands, "i-names")
+        self.assertIn('name="Send me a test notification"', raw)
+        # disco#info of the command's own node: only for admins.
+        raw = self.disco("info", f"{ADMIN}/desk", "send-notification", "n-admin")
+        self.assertIn('type="command-node"', raw)
+        raw = self.disco("info", "alice@localhost/phone", "send-notification", "n-alice")
+        self.assertIn('type="error"', raw)
+        self.assertIn("<item-not-found", raw)
+        self.assertNotIn("jabber:client", raw)
+        # Another command's node is answered to everyone.
+        raw = self.disco("info", "alice@localhost/phone", "test-push", "n-test")
+        self.assertIn('type="command-node"', raw)
+        # The static data were not changed by filtering them.
+        items = self.xmpp["xep_0030"].static.get_node(self.xmpp.boundjid.full, commands)
+        self.assertIn("send-notification", str(items["items"]))
+
     def test_the_form_then_its_submission(self) -> None:
         self.recv(f"<iq type='set' from='{ADMIN}/desk' to='push.localhost' id='f1'>"
                   "<command xmlns='http://jabber.org/protocol/commands' "
@@ -288,12 +327,21 @@ class TestNoticeCommandLifeCycle(SlixTest):
     def test_offered_with_admins_and_withdrawn_by_plugin_end(self) -> None:
         self.start([ADMIN])
         self.assertIn("send-notification", self.nodes())
+        handlers = self.xmpp["xep_0030"].api.api._handlers["xep_0030"]
+        jid = JID(self.xmpp.boundjid.full)
+        self.assertIsNotNone(handlers["get_items"]["node"].get(
+            (jid, "http://jabber.org/protocol/commands")))
         plugins: Any = self.xmpp.plugin
         plugins.disable("push_appserver")
         self.assertEqual(self.xmpp["xep_0050"].commands, {})
         items = self.xmpp["xep_0030"].static.get_node(
             self.xmpp.boundjid.full, "http://jabber.org/protocol/commands")
         self.assertNotIn("send-notification", str(items))
+        self.assertNotIn("test-push", str(items))
+        # The per-asker disco handlers are gone: xep_0030's static ones answer again.
+        for op, node in (("get_items", "http://jabber.org/protocol/commands"),
+                         ("get_info", "send-notification")):
+            self.assertIsNone(handlers[op]["node"].get((jid, node)))
 
 
 # -- slixmpp-push notify --------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -15,7 +16,9 @@ from slixmpp_push.payloads import (
     APNS_MAX_PAYLOAD,
     APNS_VOIP_MAX_PAYLOAD,
     FCM_MAX_PAYLOAD,
+    Presentation,
     build_request,
+    presentation,
 )
 from slixmpp_push.providers.base import ApnsRequest, FcmRequest
 
@@ -99,31 +102,77 @@ def test_p2_never_carries_the_body_even_with_include_body() -> None:
     assert "secret words" not in json.dumps(request.data)
 
 
-# -- Siskin (Tigase dialect, APNs) ---------------------------------------------------------
-def test_siskin_normal_priority_is_a_background_push() -> None:
+# -- Siskin, Snikket iOS, v1 (Tigase dialect, APNs) -----------------------------------------
+def thread(account: str = ACCOUNT, app: str = "tigase:messenger:apns:1") -> str:
+    return hashlib.sha256(f"{app}\0{account}".encode()).hexdigest()[:32]
+
+
+MESSAGE_APS = {"alert": {"title": "New message"}, "mutable-content": 1, "sound": "default",
+               "thread-id": thread()}
+
+
+@pytest.mark.parametrize("note", [
+    Notification(message_count=1, body="New Message!"),  # stock Prosody 0.12 / 13
+    Notification(body="New message"),  # stock ejabberd: no count, a placeholder body
+    Notification(message_count=2),
+    Notification(priority=Priority.HIGH),  # Tigase priority element, nothing else
+    Notification(encrypted="ZW5j", iv="aXY="),
+], ids=["prosody", "ejabberd", "count", "tigase-high", "encrypted"])
+def test_a_message_is_a_visible_mutable_alert(note: Notification) -> None:
+    """iOS runs the app's notification service extension only for a mutable alert."""
+    for dialect in (Dialect.TIGASE, Dialect.V1):
+        request = apns(reg(dialect), note, apns_app())
+        assert (request.push_type, request.priority) == ("alert", 10)
+        assert request.payload["aps"] == MESSAGE_APS
+        assert request.payload["account"] == ACCOUNT
+        assert request.collapse_id == thread()
+        assert presentation(reg(dialect), note) is Presentation.MESSAGE
+
+
+def test_siskin_message_payload_without_include_body() -> None:
     request = apns(reg(), Notification(message_count=2, sender="bob@x", body="hi"), apns_app())
     assert request == ApnsRequest(
-        token="a1b2c3", topic=TOPIC, push_type="background", priority=5,
+        token="a1b2c3", topic=TOPIC, push_type="alert", priority=10,
         expiration=int(NOW) + 604_800,
-        payload={"aps": {"content-available": 1}, "account": ACCOUNT, "unread-messages": 2},
+        payload={"aps": MESSAGE_APS, "account": ACCOUNT, "unread-messages": 2},
+        collapse_id=thread(),
     )
 
 
-def test_siskin_low_priority_is_also_background() -> None:
-    request = apns(reg(), Notification(priority=Priority.LOW), apns_app())
+def test_messages_fetched_is_a_background_push() -> None:
+    """Siskin clears an account's delivered notifications on unread 0, no sender, no body."""
+    request = apns(reg(), Notification(message_count=0), apns_app())
+    assert request == ApnsRequest(
+        token="a1b2c3", topic=TOPIC, push_type="background", priority=5,
+        expiration=int(NOW) + 604_800,
+        payload={"aps": {"content-available": 1}, "account": ACCOUNT, "unread-messages": 0},
+    )
+
+
+def test_a_publish_signalling_nothing_is_a_background_push() -> None:
+    request = apns(reg(), Notification(), apns_app())
     assert (request.push_type, request.priority) == ("background", 5)
     assert request.payload == {"aps": {"content-available": 1}, "account": ACCOUNT}
+    assert request.collapse_id is None
+
+
+def test_siskin_low_priority_is_background() -> None:
+    note = Notification(message_count=3, body="x", priority=Priority.LOW)
+    request = apns(reg(), note, apns_app())
+    assert (request.push_type, request.priority) == ("background", 5)
+    assert request.payload == {"aps": {"content-available": 1}, "account": ACCOUNT,
+                               "unread-messages": 3}
 
 
 def test_siskin_sender_and_body_only_with_include_body() -> None:
     note = Notification(message_count=1, sender="bob@example.org/phone", body="hello")
     without = apns(reg(), note, apns_app(include_body=False)).payload
-    assert without == {"aps": {"content-available": 1}, "account": ACCOUNT,
-                       "unread-messages": 1}
+    assert without == {"aps": MESSAGE_APS, "account": ACCOUNT, "unread-messages": 1}
     with_body = apns(reg(), note, apns_app(include_body=True)).payload
-    assert with_body == {"aps": {"content-available": 1}, "account": ACCOUNT,
-                         "unread-messages": 1, "sender": "bob@example.org/phone",
-                         "body": "hello"}
+    assert with_body == {"aps": MESSAGE_APS, "account": ACCOUNT, "unread-messages": 1,
+                         "sender": "bob@example.org/phone", "body": "hello"}
+    # The alert text stays neutral: the extension shows sender and text itself.
+    assert "bob" not in json.dumps(with_body["aps"])
 
 
 def test_siskin_encrypted_blob_is_forwarded_unchanged() -> None:
@@ -132,30 +181,57 @@ def test_siskin_encrypted_blob_is_forwarded_unchanged() -> None:
                         iv="AAECAwQFBgcICQoL")
     request = apns(reg(), note, apns_app(include_body=True))
     # The encrypted form replaces the plain fields, even with include_body.
-    assert request.payload == {"aps": {"content-available": 1}, "account": ACCOUNT,
+    assert request.payload == {"aps": MESSAGE_APS, "account": ACCOUNT,
                                "encrypted": blob, "iv": "AAECAwQFBgcICQoL"}
-    assert (request.push_type, request.priority) == ("background", 5)
-
-
-def test_high_priority_is_a_mutable_alert() -> None:
-    note = Notification(message_count=1, priority=Priority.HIGH)
-    request = apns(reg(), note, apns_app())
     assert (request.push_type, request.priority) == ("alert", 10)
-    aps = request.payload["aps"]
-    assert aps["mutable-content"] == 1
-    assert aps["alert"] == {"title": "New message"}
-    assert "content-available" not in aps
-    assert aps["interruption-level"] == "time-sensitive"  # breaks through Focus
-    assert request.payload["account"] == ACCOUNT
 
 
-def test_high_priority_alert_title_is_the_sender_only_with_include_body() -> None:
-    note = Notification(sender="bob@example.org", body="hey", priority=Priority.HIGH)
-    hidden = apns(reg(), note, apns_app(include_body=False)).payload
-    assert hidden["aps"]["alert"] == {"title": "New message"}
-    assert "sender" not in hidden and "body" not in hidden
-    shown = apns(reg(), note, apns_app(include_body=True)).payload
-    assert shown["aps"]["alert"] == {"title": "bob@example.org"}
+def test_tigase_high_priority_is_a_message_not_time_sensitive() -> None:
+    request = apns(reg(), Notification(message_count=1, priority=Priority.HIGH), apns_app())
+    assert "interruption-level" not in request.payload["aps"]
+    assert "content-available" not in request.payload["aps"]
+
+
+# -- one notification per event ----------------------------------------------------------
+def test_a_burst_for_one_account_collapses_per_account_and_app() -> None:
+    first = apns(reg(node="n1"), Notification(message_count=1), apns_app())
+    second = apns(reg(node="n1"), Notification(message_count=2, body="x"), apns_app())
+    assert first.collapse_id == second.collapse_id == thread()
+    assert len(first.collapse_id.encode()) <= 64  # APNs' limit
+    other_account = apns(reg(account="bob@example.org"), Notification(message_count=1),
+                         apns_app())
+    other_app = apns(reg(), Notification(message_count=1), apns_app(id="snikket:apns:1"))
+    assert len({first.collapse_id, other_account.collapse_id, other_app.collapse_id}) == 3
+    assert other_account.payload["aps"]["thread-id"] == thread("bob@example.org")
+    assert ACCOUNT not in first.collapse_id
+
+
+def test_collapse_none_stacks_messages_but_keeps_the_thread() -> None:
+    request = apns(reg(), Notification(message_count=1), apns_app(collapse="none"))
+    assert request.collapse_id is None
+    assert request.payload["aps"]["thread-id"] == thread()
+
+
+def test_a_page_collapses_on_its_own_key() -> None:
+    page = Notification(title="[AB12] Disk full", priority=Priority.CRITICAL,
+                        collapse_key="page-AB12")
+    first = apns(reg(Dialect.LOCAL), page, apns_app())
+    again = apns(reg(Dialect.LOCAL), page, apns_app(collapse="none"))
+    assert first.collapse_id == again.collapse_id
+    assert first.collapse_id != thread()
+    assert first.payload["aps"]["thread-id"] == first.collapse_id
+    unkeyed = apns(reg(Dialect.LOCAL), Notification(title="Maintenance"), apns_app())
+    assert unkeyed.collapse_id is None  # notices without a key stack
+
+
+def test_stork_collapse_key_per_account_and_page_tag() -> None:
+    registration = reg(app="fcm-xmpp-api", token="fcm-tok")
+    message = fcm(registration, Notification(message_count=1), fcm_app())
+    assert message.collapse_key == thread(app="fcm-xmpp-api")
+    assert message.tag is None
+    page = fcm(registration, Notification(title="Page", priority=Priority.HIGH,
+                                          collapse_key="page-1"), fcm_app())
+    assert page.collapse_key == page.tag != message.collapse_key
 
 
 def test_critical_breaks_through_do_not_disturb() -> None:
@@ -229,7 +305,9 @@ def test_monal_gets_a_mutable_alert() -> None:
     assert request.topic == "G7HWJAZNJ.SworIM"
     assert (request.push_type, request.priority) == ("alert", 10)
     assert request.payload["aps"] == {"alert": {"title": "New message"}, "mutable-content": 1,
-                                      "sound": "default"}
+                                      "sound": "default",
+                                      "thread-id": thread("deadbeef")}
+    assert request.collapse_id == thread("deadbeef")  # the token: the account is unknown
     assert request.payload["account"] == "example.org"
     assert "body" not in request.payload
 
@@ -259,11 +337,14 @@ def test_stork_fcm_data_keys() -> None:
     assert request == FcmRequest(
         token="fcm-tok",
         data={"account": ACCOUNT, "unread-messages": "4", "sender": "bob@example.org",
-              "body": "hello"},
-        priority="normal", ttl=604_800,
+              "body": "hello", "priority": "high"},
+        priority="high", ttl=604_800, collapse_key=thread(app="fcm-xmpp-api"),
     )
     hidden = fcm(registration, note, fcm_app()).data
-    assert hidden == {"account": ACCOUNT, "unread-messages": "4"}
+    assert hidden == {"account": ACCOUNT, "unread-messages": "4", "priority": "high"}
+    fetched = fcm(registration, Notification(message_count=0), fcm_app())
+    assert (fetched.priority, fetched.collapse_key) == ("normal", None)
+    assert fetched.data == {"account": ACCOUNT, "unread-messages": "0"}
 
 
 def test_stork_fcm_urgent_adds_priority_high() -> None:
@@ -352,7 +433,7 @@ def test_emoji_body_is_cut_on_a_character_boundary() -> None:
     shortened = payload["body"]
     assert shortened.endswith("…")
     assert set(shortened[:-1]) == {"😀"}
-    assert len(shortened[:-1].encode()) > APNS_MAX_PAYLOAD - 200
+    assert len(shortened[:-1].encode()) > APNS_MAX_PAYLOAD - 300
 
 
 def test_mixed_width_body_is_cut_on_a_character_boundary() -> None:
@@ -364,13 +445,13 @@ def test_mixed_width_body_is_cut_on_a_character_boundary() -> None:
         assert (body + "z" * extra).startswith(payload["body"][:-1])
 
 
-def test_oversized_encrypted_blob_becomes_a_bare_wake_up() -> None:
+def test_oversized_encrypted_blob_becomes_a_plain_alert() -> None:
     note = Notification(message_count=1, encrypted="C" * 6000, iv="aXY=")
     request = apns(reg(), note, apns_app(include_body=True))
-    assert request.payload == {"aps": {"content-available": 1}, "account": ACCOUNT}
-    assert (request.push_type, request.priority) == ("background", 5)
+    assert request.payload == {"aps": MESSAGE_APS, "account": ACCOUNT}
+    assert (request.push_type, request.priority) == ("alert", 10)
     data = fcm(reg(token="t"), note, fcm_app()).data
-    assert data == {"account": ACCOUNT}
+    assert data == {"account": ACCOUNT, "priority": "high"}
 
 
 def test_fitted_payload_fits_as_aioapns_serialises_it() -> None:

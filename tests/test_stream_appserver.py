@@ -424,7 +424,9 @@ class TestPluginEnd(SlixTest):
         self.xmpp.register_plugin("push_appserver", {"apps": APPS, "store": MemoryStore()})
         self.assertIn("push_appserver publish", {h.name for h in self.xmpp._XMLStream__handlers})
         self.wait_()  # xep_0050 adds commands from a task
-        self.assertEqual(len(self.xmpp["xep_0050"].commands), 8)
+        # The eight registration commands and test-push (send-notification needs admins).
+        self.assertEqual(len(self.xmpp["xep_0050"].commands), 9)
+        self.assertIn("test-push", {node for _, node in self.xmpp["xep_0050"].commands})
         self.xmpp.plugin.disable("push_appserver")
         self.assertEqual({h.name for h in self.xmpp._XMLStream__handlers}, before_handlers)
         self.assertEqual(len(self.xmpp._XMLStream__filters["out"]), before_filters)
@@ -436,3 +438,8 @@ class TestPluginEnd(SlixTest):
         self.assertNotIn("urn:xmpp:push:0", raw)
         self.assertNotIn('type="push"', raw)
         self.assertEqual(self.xmpp["xep_0050"].commands, {})
+        items = self.xmpp["xep_0030"].static.get_node(
+            self.xmpp.boundjid.full, "http://jabber.org/protocol/commands")
+        self.assertNotIn("test-push", str(items["items"]))
+        info = self.xmpp["xep_0030"].static.get_node(self.xmpp.boundjid.full, "test-push")
+        self.assertNotIn("command-node", str(info["info"]))

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import DeliveryPolicy
 from ..errors import DeliveryResult, Outcome, StoreError
+from ..logs import loggable_node
 from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..payloads import build_request
@@ -142,7 +143,8 @@ class Delivery:
             try:
                 entry = Pending.from_doc(doc)
             except (KeyError, TypeError, ValueError) as exc:
-                log.error("pending notification for node %s is unreadable: %s", node, exc)
+                log.error("pending notification for node %s is unreadable: %s",
+                          loggable_node(node), exc)
                 continue
             self._pending[node] = entry
             self._schedule(node, entry.due)
@@ -262,13 +264,14 @@ class Delivery:
                     ) -> DeliveryResult:
         provider = self.providers.get(registration.app)
         if provider is None:
-            log.error("node %s: app %r is no longer configured", registration.node,
+            log.error("node %s: app %r is no longer configured", loggable_node(registration.node),
                       registration.app)
             return DeliveryResult(Outcome.REJECTED, reason="app not configured")
         try:
             request = build_request(registration, notification, provider.app, time.time())
         except ValueError as exc:
-            log.error("node %s: cannot build a request: %s", registration.node, exc)
+            log.error("node %s: cannot build a request: %s", loggable_node(registration.node),
+                      exc)
             return DeliveryResult(Outcome.REJECTED, reason=str(exc))
         try:
             result = await provider.send(request)
@@ -289,7 +292,8 @@ class Delivery:
                 attempts = entry.attempts + 1 if entry else 1
                 first = entry.first_queued if entry else notification.received_at or time.time()
                 if time.time() - first > self.policy.give_up_after:
-                    log.error("node %s: giving up after %d attempts (%s)", node, attempts,
+                    log.error("node %s: giving up after %d attempts (%s)", loggable_node(node),
+                              attempts,
                               result.reason)
                     self.stats["given_up"] += 1
                     await self._forget(node)
@@ -309,7 +313,8 @@ class Delivery:
             await self.on_dead_token(registration, result)
             return
         if result.outcome is Outcome.REJECTED:
-            log.error("node %s: %s rejected the notification: %s %s", node, registration.app,
+            log.error("node %s: %s rejected the notification: %s %s", loggable_node(node),
+                      registration.app,
                       result.status, result.reason)
         if mine:
             await self._forget(node)
@@ -322,7 +327,8 @@ class Delivery:
         try:
             await self.store.set_doc(PENDING, node, None)
         except StoreError as exc:  # it will be delivered again after a restart: harmless
-            log.warning("node %s: cannot clear a pending notification: %s", node, exc)
+            log.warning("node %s: cannot clear a pending notification: %s",
+                        loggable_node(node), exc)
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         ceiling = min(self.policy.retry_max_delay, self.policy.retry_base * 2 ** (attempts - 1))

@@ -7,8 +7,11 @@ plugin, or the command line's local delivery) and counts what became of it.
 Presence does not matter: a notice goes to every registered device.
 
 The ad-hoc command ``send-notification`` is advertised by ``push_appserver``
-only when its ``admins`` config key names someone, and only those bare JIDs
-may run it (anyone else gets ``forbidden``). Form fields: ``accounts``
+only when its ``admins`` config key names someone, and only to them: disco#items
+of the commands node lists it, and disco#info of its node answers, only when
+the asker's bare JID is an admin's (others see every other command, and
+``item-not-found`` for this node). Only those bare JIDs may run it (anyone else
+gets ``forbidden``). Form fields: ``accounts``
 (jid-multi), ``domain`` (text-single), ``everyone`` (boolean), ``title``
 (required), ``body`` (text-multi) and ``priority`` (low, normal, high,
 critical; default high). The result form reports ``total``, ``delivered``,
@@ -27,7 +30,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from slixmpp import JID, Iq
 from slixmpp.exceptions import XMPPError
 from slixmpp.plugins.xep_0004 import Form
+from slixmpp.plugins.xep_0030 import DiscoInfo, DiscoItems
 
+from ..logs import loggable_node
 from ..models import Notification, Priority, Registration
 from ..store import Store
 from .delivery import Submitted
@@ -139,7 +144,7 @@ async def send_notice(notifier: Notifier, registrations: list[Registration], tit
             try:
                 summary.count(await notifier.notify(registration, notification))
             except Exception as exc:  # QueueFull, StoreError: this device got nothing
-                log.warning("notice to node %s failed: %s", registration.node, exc)
+                log.warning("notice to node %s failed: %s", loggable_node(registration.node), exc)
                 summary.failed += 1
             if progress is not None:
                 progress(summary.done, summary.total)
@@ -161,9 +166,19 @@ def admins(server: PushAppServer) -> frozenset[str]:
 
 
 def register_notice_command(server: PushAppServer) -> None:
-    """Advertise ``send-notification`` (only when admins are configured)."""
-    if admins(server):
-        server.xmpp["xep_0050"].add_command(node=NODE, name=NAME, handler=_handler(server))
+    """Advertise ``send-notification`` to the admins (only when some are configured)."""
+    allowed = admins(server)
+    if not allowed:
+        return
+    server.xmpp["xep_0050"].add_command(node=NODE, name=NAME, handler=_handler(server))
+    # Listed only to those who may run it: node handlers for this JID's commands
+    # list and the command's own node filter the static disco data per asker.
+    disco = server.xmpp["xep_0030"]
+    jid = JID(server.xmpp.boundjid.full)
+    disco.set_node_handler("get_items", jid=jid, node=COMMANDS_NS,
+                           handler=_commands_items(server, allowed))
+    disco.set_node_handler("get_info", jid=jid, node=NODE,
+                           handler=_command_info(server, allowed))
 
 
 def withdraw_notice_command(server: PushAppServer) -> None:
@@ -174,6 +189,41 @@ def withdraw_notice_command(server: PushAppServer) -> None:
     disco.del_item(jid=jid.full, node=COMMANDS_NS, ijid=jid.full, inode=NODE)
     disco.del_identity(jid=jid, node=NODE, category="automation", itype="command-node",
                        name=NAME)
+    # Back to xep_0030's static handlers for both nodes.
+    disco.del_node_handler("get_items", JID(jid.full), COMMANDS_NS)
+    disco.del_node_handler("get_info", JID(jid.full), NODE)
+
+
+def _is_admin(allowed: frozenset[str], asker: Any) -> bool:
+    try:
+        return asker is not None and JID(asker).bare in allowed
+    except ValueError:
+        return False
+
+
+def _commands_items(server: PushAppServer, allowed: frozenset[str]) -> Any:
+    def get_items(jid: JID, node: str, ifrom: JID | None, data: Any) -> DiscoItems | None:
+        found: DiscoItems | None = server.xmpp["xep_0030"].static.get_items(jid, node, ifrom, data)
+        if found is None or _is_admin(allowed, ifrom):
+            return found
+        shown = DiscoItems()
+        shown["node"] = node
+        for item in found["substanzas"]:  # in order, without send-notification
+            if item["node"] != NODE:
+                shown.add_item(item["jid"], item["node"] or None, item["name"] or None)
+        return shown
+
+    return get_items
+
+
+def _command_info(server: PushAppServer, allowed: frozenset[str]) -> Any:
+    def get_info(jid: JID, node: str, ifrom: JID | None, data: Any) -> DiscoInfo:
+        if not _is_admin(allowed, ifrom):
+            raise XMPPError("item-not-found", etype="cancel")
+        info: DiscoInfo = server.xmpp["xep_0030"].static.get_info(jid, node, ifrom, data)
+        return info
+
+    return get_info
 
 
 def _handler(server: PushAppServer) -> Any:

@@ -31,10 +31,22 @@ Config keys (``register_plugin('push_appserver', {...})``):
     is still required.
 ``admins``
     Bare JIDs allowed to run ``send-notification`` (administrator notices,
-    :mod:`~slixmpp_push.appserver.notices`); the command is offered only when set.
+    :mod:`~slixmpp_push.appserver.notices`); the command is offered only when set,
+    and listed (disco#items of the commands node) only to them.
+
+Ad-hoc commands: the registration dialects (:mod:`~slixmpp_push.appserver.dialects`),
+``send-notification`` for admins, and ``test-push`` ("Send me a test notification",
+:mod:`~slixmpp_push.appserver.selftest`): any account of a served domain sends a
+test notification to each of its registered devices and is told, per device,
+what the provider answered and when its server last published to the node
+(``plugin.last_publish``, node → time, kept since ``plugin.started_at``).
 
 Events: ``push_registered`` and ``push_unregistered`` (a Registration),
-``push_dead_token`` (a Registration), ``push_published`` (a PublishOutcome).
+``push_dead_token`` (a Registration), ``push_published`` (a PublishOutcome),
+``push_test_sent`` (a :class:`~slixmpp_push.appserver.selftest.SelfTestReport`).
+
+Log lines never carry a token-shaped node (Monal's node is its APNs token) in
+full: see :func:`~slixmpp_push.logs.loggable_node`.
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..config import AppConfig
 from ..errors import DeliveryResult
+from ..logs import loggable_node
 from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..providers import Provider, create_provider
@@ -66,8 +79,10 @@ from ..xep_0357.publish import MalformedPublish, parse_publish
 from ..xep_0357.stanza import NS, register_stanzas
 from .delivery import Delivery, DeliveryPolicy, QueueFull, Submitted
 from .dialects import COMMANDS, Command, empty_form, result_form, submitted_values
+from .echoes import EchoGuard
 from .notices import register_notice_command, withdraw_notice_command
 from .registrations import Registrations
+from .selftest import register_selftest_command, withdraw_selftest_command
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +140,14 @@ class PushAppServer(BasePlugin):
             self.app_index.setdefault(provider.id, provider.app)
         self.metrics: Metrics = self.config.get("metrics") or Metrics()
         self.metrics.watch_registrations(self.store.count_by_app)
+        self.echoes = EchoGuard()
         self.delivery = Delivery(self.store, self.providers,
                                  self.config.get("delivery") or DeliveryPolicy(),
                                  self._on_dead_token, self.metrics)
         self._started: asyncio.Future[None] | None = None
+        # When each node was last published to by its account's server (test-push).
+        self.last_publish: dict[str, float] = {}
+        self.started_at = time.time()
         self._component = isinstance(self.xmpp, ComponentXMPP)
         self.xmpp.register_handler(CoroutineCallback(
             "push_appserver publish", MatchXPath(_PUBLISH_XPATH % self.xmpp.default_ns),
@@ -167,6 +186,7 @@ class PushAppServer(BasePlugin):
             self.xmpp["xep_0050"].add_command(
                 node=command.node, name=command.name, handler=self._command_handler(command))
         register_notice_command(self)
+        register_selftest_command(self)
 
     def _withdraw(self) -> None:
         """Undo _advertise (xep_0050 has no del_command: undo what add_command did)."""
@@ -183,6 +203,7 @@ class PushAppServer(BasePlugin):
             disco.del_identity(jid=jid, node=command.node, category="automation",
                                itype="command-node", name=command.name)
         withdraw_notice_command(self)
+        withdraw_selftest_command(self)
         if not any(key[0] == jid.full for key in adhoc.commands):
             disco.del_identity(jid=jid, node=COMMANDS_NS, category="automation",
                                itype="command-list", name="Ad-Hoc commands")
@@ -260,7 +281,7 @@ class PushAppServer(BasePlugin):
         return None
 
     def registered(self, registration: Registration) -> None:
-        log.info("registered node %s for %s (%s, %s)", registration.node,
+        log.info("registered node %s for %s (%s, %s)", loggable_node(registration.node),
                  registration.account, registration.dialect.value, registration.app)
         self.xmpp.event("push_registered", registration)
 
@@ -271,9 +292,16 @@ class PushAppServer(BasePlugin):
             raise XMPPError("item-not-found", etype="cancel",
                             text="no such registration for this account")
         await self.delivery.drop(removed.node)
-        log.info("unregistered node %s of %s", removed.node, removed.account)
+        self.last_publish.pop(removed.node, None)
+        log.info("unregistered node %s of %s", loggable_node(removed.node), removed.account)
         self.xmpp.event("push_unregistered", removed)
         return removed
+
+    def expect_echo(self, node: str, sender: str, window: float) -> None:
+        """Do not push the next publish for ``node`` within ``window`` seconds: it will be
+        the user's server repeating a push just sent (a page's chat message to an offline
+        account; see :mod:`~slixmpp_push.appserver.echoes`)."""
+        self.echoes.expect(node, sender, window)
 
     async def notify(self, registration: Registration, notification: Notification,
                      ) -> Submitted:
@@ -356,17 +384,23 @@ class PushAppServer(BasePlugin):
             registration = self._authorize(JID(publisher), publish.node,
                                            publish.notification)
             dialect = registration.dialect.value
-            submitted = await self.delivery.submit(registration, publish.notification)
-            if submitted is Submitted.DEAD_TOKEN:
-                raise XMPPError("item-not-found", etype="cancel", text="device token expired")
-            if submitted is Submitted.REJECTED:
-                raise XMPPError("internal-server-error", etype="wait",
-                                text="the push provider refused the notification")
+            if self.echoes and self.echoes.is_echo(registration.node, publish.notification):
+                # The page's own push is on the device already (see echoes.py).
+                self.metrics.echoes_suppressed.labels(registration.app).inc()
+            else:
+                submitted = await self.delivery.submit(registration, publish.notification)
+                if submitted is Submitted.DEAD_TOKEN:
+                    raise XMPPError("item-not-found", etype="cancel",
+                                    text="device token expired")
+                if submitted is Submitted.REJECTED:
+                    raise XMPPError("internal-server-error", etype="wait",
+                                    text="the push provider refused the notification")
             self._reply_result(xml)
             answer = "result"
         except XMPPError as error:
             answer = error.condition
-            log.info("publish to node %s from %s refused: %s (%s)", node or "?", publisher,
+            log.info("publish to node %s from %s refused: %s (%s)", loggable_node(node) or "?",
+                     publisher,
                      error.condition, error.text)
             self._reply_error(xml, error.etype, error.condition, error.text)
         except MalformedPublish as error:
@@ -377,7 +411,7 @@ class PushAppServer(BasePlugin):
             answer = "internal-server-error"
             self._reply_error(xml, "wait", "internal-server-error", "push queue is full")
         except Exception:  # store trouble, a bug: never acknowledge what we did not keep
-            log.exception("publish to node %s failed", node)
+            log.exception("publish to node %s failed", loggable_node(node))
             answer = "internal-server-error"
             self._reply_error(xml, "wait", "internal-server-error", None)
         outcome = PublishOutcome(node, publisher, answer, submitted,
@@ -402,6 +436,8 @@ class PushAppServer(BasePlugin):
             given = notification.publish_options.get("secret", "")
             if not hmac.compare_digest(given.encode(), registration.secret.encode()):
                 raise XMPPError("not-authorized", etype="auth", text="wrong secret")
+        if not trusted:  # the account's own server (test-push reports it)
+            self.last_publish[node] = time.time()
         return registration
 
     def _stateless(self, publisher: JID, node: str, notification: Notification,
@@ -450,8 +486,10 @@ class PushAppServer(BasePlugin):
 
     # -- dead tokens -------------------------------------------------------------------------
     async def _on_dead_token(self, registration: Registration, result: DeliveryResult) -> None:
-        log.info("dropping node %s of %s: the provider says %s %s", registration.node,
-                 registration.account, result.status, result.reason)
+        log.info("dropping node %s of %s: the provider says %s %s",
+                 loggable_node(registration.node), registration.account, result.status,
+                 result.reason)
+        self.last_publish.pop(registration.node, None)
         self.delivery.stats["dead_tokens"] += 1
         self.metrics.dead_tokens.labels(registration.app).inc()
         if registration.dialect is Dialect.MONAL:

@@ -21,7 +21,10 @@ class PlainChat:
         self.xmpp = xmpp
 
     async def send(self, to: str, text: str) -> str | None:
-        message = self.xmpp.make_message(mto=JID(to), mbody=text, mtype="chat")
+        # An explicit from: ejabberd and Prosody 13 drop a component's stanza
+        # without one (Prosody 0.12 filled it in).
+        message = self.xmpp.make_message(mto=JID(to), mbody=text, mtype="chat",
+                                         mfrom=self.xmpp.boundjid)
         message["id"] = self.xmpp.new_id()
         if "xep_0184" in self.xmpp.plugin:
             message["request_receipt"] = True

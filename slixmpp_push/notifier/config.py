@@ -37,11 +37,13 @@ class NotifierSettings:
     chat: bool = True
     omemo: OmemoSettings | None = None
     muc: MucSettings | None = None
+    echo_window: float = 15.0
 
     def plugin_config(self) -> dict[str, Any]:
         return {"policies": self.policies, "default_policy": self.default_policy,
                 "groups": self.groups, "remotes": self.remotes,
-                "responders": tuple(self.responders), "chat": self.chat}
+                "responders": tuple(self.responders), "chat": self.chat,
+                "echo_window": self.echo_window}
 
 
 def _targets(value: Any, key: str) -> tuple[str, ...]:
@@ -102,6 +104,7 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
         remote.finish()
     responders = notifier.strings("responders")
     chat = notifier.get("chat", bool, True)
+    echo_window = notifier.positive("echo_window", 15.0)
     omemo = muc = None
     if "omemo" in section:
         reader = _Section(notifier.get("omemo", dict), "notifier.omemo", base)
@@ -122,7 +125,8 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
                           window=reader.positive("window", 30.0))
         reader.finish()
     notifier.finish()
-    return NotifierSettings(policies, default, groups, remotes, responders, chat, omemo, muc)
+    return NotifierSettings(policies, default, groups, remotes, responders, chat, omemo, muc,
+                            echo_window)
 
 
 def read_ingest(section: Any, base: Path) -> ReceiverConfig:

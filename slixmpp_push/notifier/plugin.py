@@ -25,6 +25,10 @@ Config keys:
     off when a host framework such as errbot owns the commands).
 ``store``
     Where pages are kept; default: the ``push_appserver``'s store.
+``echo_window``
+    Seconds during which the user's server's publish for a page's chat message
+    is not pushed again (default 15; 0 pushes it): one notification per page on
+    each device. See :mod:`slixmpp_push.appserver.echoes` for what it costs.
 
 Chat commands understood from people: ``ack [ID]``, ``resolve [ID]``,
 ``pages``, ``oncall``. Events: ``page_opened``, ``page_acked``,
@@ -46,6 +50,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.base import BasePlugin
 
 from ..appserver import PushAppServer, Submitted
+from ..logs import loggable_node
 from ..models import Notification, Priority
 from ..store import MemoryStore, Store
 from .chat import ChatSender, PlainChat
@@ -59,6 +64,10 @@ MAX_GROUP_DEPTH = 8
 FAN_OUT = 200  # deliveries in flight at once
 
 
+#: What counts as a push that reached (or will reach) the device.
+PUSHED = frozenset({Submitted.DELIVERED, Submitted.QUEUED, Submitted.THROTTLED})
+
+
 @dataclass(slots=True)
 class NotifyReport:
     """What one notify reached: pushes per node, remote publishes, chat messages."""
@@ -70,8 +79,7 @@ class NotifyReport:
 
     @property
     def delivered(self) -> int:
-        ok = (Submitted.DELIVERED, Submitted.QUEUED, Submitted.THROTTLED)
-        return sum(1 for s in self.pushes.values() if s in ok) + sum(
+        return sum(1 for s in self.pushes.values() if s in PUSHED) + sum(
             1 for r in self.remote.values() if r == "ok")
 
 
@@ -89,6 +97,7 @@ class PushNotifier(BasePlugin):
         "chat_sender": None,
         "chat_commands": True,
         "store": None,
+        "echo_window": 15.0,
     }
 
     def plugin_init(self) -> None:
@@ -112,6 +121,10 @@ class PushNotifier(BasePlugin):
         self.xmpp.del_event_handler("session_start", self._on_session_start)
 
     # -- life cycle -------------------------------------------------------------------
+    @property
+    def _own_jid(self) -> str:
+        return str(self.xmpp.boundjid.bare)
+
     @property
     def appserver(self) -> PushAppServer | None:
         plugins: Any = self.xmpp.plugin
@@ -165,7 +178,8 @@ class PushNotifier(BasePlugin):
         targets = (target,) if isinstance(target, str) else tuple(target)
         priority = Priority(priority)
         text = self._text(title, body, priority, None)
-        return await self._deliver(targets, self._notification(title, body, priority), text)
+        notification = self._notification(title, body, priority, key)
+        return await self._deliver(targets, notification, text)
 
     async def _deliver(self, targets: Sequence[str], notification: Notification,
                        text: str, page: Page | None = None) -> NotifyReport:
@@ -203,14 +217,21 @@ class PushNotifier(BasePlugin):
                 registration, notification)
             return
         account = bare_jid(spec)
+        chat = self.config.get("chat", True)
         if appserver is not None:
             for registration in appserver.store.by_account(account):
                 try:
-                    report.pushes[registration.node] = await appserver.notify(
-                        registration, notification)
+                    submitted = await appserver.notify(registration, notification)
                 except Exception as exc:  # one device's trouble must not stop a page
-                    log.error("push to %s failed: %s", registration.node, exc)
-        if self.config.get("chat", True):
+                    log.error("push to %s failed: %s", loggable_node(registration.node), exc)
+                    continue
+                report.pushes[registration.node] = submitted
+                if chat and submitted in PUSHED:
+                    # The chat message below makes an offline account's server publish
+                    # once more: that publish must not become a second notification.
+                    appserver.expect_echo(registration.node, self._own_jid,
+                                          self.config.get("echo_window", 15.0))
+        if chat:
             message_id = await self.chat_sender.send(account, text)
             report.chats.append(account)
             if message_id and page is not None:
@@ -239,9 +260,11 @@ class PushNotifier(BasePlugin):
                 flat[spec] = None
         return list(flat)
 
-    def _notification(self, title: str, body: str, priority: Priority) -> Notification:
+    def _notification(self, title: str, body: str, priority: Priority,
+                      key: str | None = None) -> Notification:
         return Notification(title=title, body=body, priority=priority, message_count=1,
-                            sender=str(self.xmpp.boundjid.bare), received_at=time.time())
+                            sender=self._own_jid, received_at=time.time(),
+                            collapse_key=key)
 
     @staticmethod
     def _text(title: str, body: str, priority: Priority, page: Page | None) -> str:
@@ -310,7 +333,9 @@ class PushNotifier(BasePlugin):
 
     async def _send_page(self, page: Page, targets: tuple[str, ...], reason: str) -> None:
         title = page.title if reason == "page" else f"UNACKNOWLEDGED: {page.title}"
-        notification = self._notification(f"[{page.id}] {title}", page.body, page.priority)
+        # Every push of one page (escalations, repeats) replaces the previous one.
+        notification = self._notification(f"[{page.id}] {title}", page.body, page.priority,
+                                          f"page:{page.id}")
         text = self._text(title, page.body, page.priority, page)
         report = await self._deliver(targets, notification, text, page)
         page.log(time.time(), "sent", f"{reason}: {report.delivered} push(es), "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ApnsRequest, FcmRequest, Provider, PushRequest
+from .base import ApnsRequest, FcmRequest, ProbeResult, ProbeStatus, Provider, PushRequest
 
 if TYPE_CHECKING:
     from ..config import AppConfig
 
-__all__ = ["ApnsRequest", "FcmRequest", "Provider", "PushRequest", "create_provider"]
+__all__ = ["ApnsRequest", "FcmRequest", "ProbeResult", "ProbeStatus", "Provider", "PushRequest",
+           "create_provider"]
 
 
 def create_provider(app: AppConfig) -> Provider:

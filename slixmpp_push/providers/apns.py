@@ -14,7 +14,9 @@ set on the client's connection pool, which
   :class:`_CreditReturningH2Connection`);
 - releases the HTTP/2 stream of a request abandoned by our timeout, and
   forgets finished streams (stock aioapns keeps one entry per successful push
-  for the life of the connection).
+  for the life of the connection);
+- remembers the last ``Date`` response header and why the connection was lost,
+  for :meth:`ApnsProvider.probe` (``slixmpp-push doctor``).
 
 Config keys used (``AppConfig``): ``topic``, ``sandbox``, ``key_file`` +
 ``key_id`` + ``team_id`` (token auth) or ``cert_file`` (certificate auth),
@@ -24,8 +26,13 @@ Config keys used (``AppConfig``): ``topic``, ``sandbox``, ``key_file`` +
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import socket
 import ssl
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,7 +47,7 @@ from h2.events import DataReceived
 from h2.exceptions import ProtocolError
 
 from ..errors import ConfigError, DeliveryResult, Outcome
-from .base import ApnsRequest, Provider, PushRequest
+from .base import ApnsRequest, ProbeResult, ProbeStatus, Provider, PushRequest, clock_offset
 
 if TYPE_CHECKING:
     from h2.events import Event
@@ -99,6 +106,54 @@ class ApnsProvider(Provider):
     )
     #: Characters of a device token that may appear in logs.
     LOG_TOKEN_CHARS: ClassVar[int] = 8
+
+    # The probe (``slixmpp-push doctor``): one background push to a token no
+    # device can have. Apple checks the provider token (or certificate) and the
+    # topic first, then the device token: 32 zero bytes are no token Apple
+    # issued, so the expected answer is 400 BadDeviceToken, which proves that
+    # key, team and topic were accepted, and no phone shows anything.
+    PROBE_TOKEN: ClassVar[str] = "0" * 64
+    _KEY_FIX: ClassVar[str] = (
+        "check key_id (the 10-character id of this .p8 key, developer.apple.com > Keys) and "
+        "team_id (Membership > Team ID); a revoked key, or a key created for the other "
+        "environment (set environment), is refused the same way, and so is a JWT signed "
+        "with a wrong clock (see the clock check)"
+    )
+    _TOPIC_FIX: ClassVar[str] = (
+        "topic must be the iOS app's bundle id, of an app of this team (with a "
+        "topic-specific key or a certificate: the bundle id it was created for)"
+    )
+    #: Apple's answers to the probe: (status, reason) -> (verdict, meaning, fix).
+    #: Any 410 also passes; other answers fail as "unexpected".
+    PROBE_VERDICTS: ClassVar[Mapping[tuple[int, str], tuple[ProbeStatus, str, str]]] = {
+        (400, "BadDeviceToken"): (ProbeStatus.PASS, "credentials and topic accepted", ""),
+        (403, "InvalidProviderToken"): (
+            ProbeStatus.FAIL, "Apple refused the provider token (key, key_id or team_id)",
+            _KEY_FIX),
+        (403, "ExpiredProviderToken"): (
+            ProbeStatus.FAIL, "Apple says the provider token is older than 1 hour",
+            "set this machine's clock right (NTP: timedatectl set-ntp true; see the clock "
+            "check)"),
+        (403, "MissingProviderToken"): (
+            ProbeStatus.FAIL, "Apple got neither a provider token nor a client certificate",
+            "set key_file, key_id and team_id (token auth) or cert_file"),
+        (403, "BadCertificate"): (
+            ProbeStatus.FAIL, "Apple refused the client certificate",
+            "cert_file must hold an APNs certificate from developer.apple.com > Certificates "
+            "and its private key; or use token auth (key_file), which does not expire"),
+        (403, "BadCertificateEnvironment"): (
+            ProbeStatus.FAIL, "the client certificate is for the other environment",
+            "set environment (\"sandbox\" or \"production\") to the certificate's"),
+        (400, "TopicDisallowed"): (ProbeStatus.FAIL, "Apple refused the topic", _TOPIC_FIX),
+        (400, "BadTopic"): (ProbeStatus.FAIL, "Apple refused the topic", _TOPIC_FIX),
+        (400, "MissingTopic"): (ProbeStatus.FAIL, "Apple refused the topic", _TOPIC_FIX),
+        (400, "DeviceTokenNotForTopic"): (ProbeStatus.FAIL, "Apple refused the topic",
+                                          _TOPIC_FIX),
+        (429, "TooManyProviderTokenUpdates"): (
+            ProbeStatus.FAIL, "Apple throttles this key: new provider tokens too often",
+            "another process signs with this key in a tight loop (restarts?); try again "
+            "in 20 minutes"),
+    }
 
     def __init__(self, app: AppConfig) -> None:
         super().__init__(app)
@@ -187,6 +242,114 @@ class ApnsProvider(Provider):
             delivery.outcome.value,
         )
         return delivery
+
+    async def probe(self, timeout: float) -> ProbeResult:
+        """One background push to :attr:`PROBE_TOKEN` through aioapns, on a
+        connection of its own so that a failure to connect is named (the pool
+        would retry it for seconds and log only "could not connect")."""
+        if self._client is None:
+            raise RuntimeError("ApnsProvider.probe() before start()")
+        where = f"{self.host}:{self.port}"
+        pool = self._client.pool
+        try:
+            connection = await asyncio.wait_for(pool.create_connection(), timeout)
+        except TimeoutError:
+            return ProbeResult(ProbeStatus.FAIL,
+                               f"no TLS connection to {where} within {timeout:g} s",
+                               "a firewall drops the traffic? outbound TCP 443 to "
+                               f"{self.host} must be allowed")
+        except OSError as exc:
+            return self._connect_failure(where, exc)
+        if not (isinstance(connection, ApnsClientProtocol) and connection.lost):
+            pool.connections.append(connection)  # as pool.acquire() does: forgotten on close
+        notification = NotificationRequest(
+            device_token=self.PROBE_TOKEN,
+            message={"aps": {"content-available": 1}},
+            time_to_live=_AbsoluteExpiration(0),  # never stored for later delivery
+            priority=5,  # background pushes must be 5
+            push_type=PushType.BACKGROUND,
+            apns_topic=self.app.topic,
+        )
+        try:
+            result = await asyncio.wait_for(connection.send_notification(notification), timeout)
+        except TimeoutError:
+            return ProbeResult(ProbeStatus.FAIL,
+                               f"connected to {where}, but no answer within {timeout:g} s",
+                               f"is {where} an APNs server? (endpoint)")
+        except (ConnectionClosed, ProtocolError, OSError) as exc:
+            lost = getattr(connection, "lost_with", None) or exc
+            why = f": {_describe(lost)}" if isinstance(lost, ssl.SSLError) else ""
+            if self.app.cert_file:
+                # With TLS 1.3 the server checks our certificate after the handshake
+                # looked complete, and its alert reaches asyncio as a bare EOF.
+                return ProbeResult(ProbeStatus.FAIL,
+                                   f"{where} closed the connection without answering: the "
+                                   f"client certificate was refused (expired, revoked or not "
+                                   f"issued by Apple){why}",
+                                   "see the credentials check; renew cert_file "
+                                   "(developer.apple.com > Certificates) or use token auth")
+            return ProbeResult(ProbeStatus.FAIL,
+                               f"{where} closed the connection without answering{why}",
+                               f"is {where} an APNs server? (endpoint)")
+        offset = None
+        if isinstance(connection, ApnsClientProtocol) and connection.last_date is not None:
+            offset = clock_offset(*connection.last_date)
+        return self.judge_probe(result, offset)
+
+    def judge_probe(self, result: NotificationResult, offset: float | None) -> ProbeResult:
+        """Apple's answer to the probe as a verdict (pure; see :attr:`PROBE_VERDICTS`)."""
+        status = str(result.status)
+        reason = result.description or ""
+        answer = f"{status} {reason}".strip()
+        auth = (f"certificate {Path(self.app.cert_file).name}" if self.app.cert_file
+                else f"key {self.app.key_id} of team {self.app.team_id}")
+        about = f"topic {self.app.topic}, {auth}, {'sandbox' if self.app.sandbox else 'production'}"
+        if status == "200":
+            return ProbeResult(ProbeStatus.WARN,
+                               f"{self.host}:{self.port} accepted a push to a token that cannot "
+                               f"exist (200): is it really APNs? ({about})",
+                               "check endpoint: unset it to reach Apple", offset)
+        try:
+            code = int(status)
+        except ValueError:
+            code = 0
+        verdict = self.PROBE_VERDICTS.get((code, reason))
+        if verdict is None and code == 410:
+            verdict = self.PROBE_VERDICTS[(400, "BadDeviceToken")]
+        if verdict is None:
+            if code >= 500:
+                return ProbeResult(ProbeStatus.FAIL, f"Apple is unavailable ({answer}): "
+                                   "credentials not verified", "try again later", offset)
+            return ProbeResult(ProbeStatus.FAIL, f"unexpected answer {answer} ({about})",
+                               "see docs/providers.md#apns-answers", offset)
+        verdict_status, meaning, fix = verdict
+        if verdict_status is ProbeStatus.PASS:
+            return ProbeResult(verdict_status, f"{meaning} ({about}): the test token got "
+                               f"{answer}, as expected", "", offset)
+        return ProbeResult(verdict_status, f"{meaning}: {answer} ({about})", fix, offset)
+
+    def _connect_failure(self, where: str, exc: OSError) -> ProbeResult:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return ProbeResult(
+                ProbeStatus.FAIL,
+                f"TLS: the certificate of {where} is not trusted ({exc.verify_message})",
+                "with endpoint set, ca_file must hold that server's CA; for Apple, update the "
+                "system CA certificates (Apple moved to the USERTrust RSA root in 2025) or "
+                "look for a TLS-intercepting proxy")
+        if isinstance(exc, ssl.SSLError):
+            return ProbeResult(ProbeStatus.FAIL,
+                               f"TLS handshake with {where} failed: {_describe(exc)}",
+                               "is endpoint an APNs server? with cert_file: see the "
+                               "credentials check")
+        if isinstance(exc, socket.gaierror):
+            return ProbeResult(ProbeStatus.FAIL, f"cannot resolve {self.host}: {exc.strerror}",
+                               "check DNS on this machine (and endpoint)")
+        if isinstance(exc, ConnectionRefusedError):
+            return ProbeResult(ProbeStatus.FAIL, f"connection refused by {where}",
+                               "nothing listens there: check endpoint (unset, Apple's "
+                               "host is used)")
+        return ProbeResult(ProbeStatus.FAIL, f"cannot connect to {where}: {_describe(exc)}",
+                           f"outbound TCP {self.port} to {self.host} must be allowed")
 
     # policy (pure)
 
@@ -300,8 +463,21 @@ class _AbsoluteExpiration(int):
         return int(self)
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as a short phrase (an SSL error's reason, else its text)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, ssl.SSLError) and reason:
+        return str(reason)
+    return str(exc) or type(exc).__name__
+
+
 async def _no_error_log(request: NotificationRequest, result: NotificationResult) -> None:
     """Replaces aioapns's per-failure ERROR log: ApnsProvider logs outcomes itself."""
+
+
+def _discard_if_held(discard: Callable[[Any], object], connection: Any) -> None:
+    with contextlib.suppress(ValueError):  # list.remove of a connection never added
+        discard(connection)
 
 
 class _CreditReturningH2Connection(H2Connection):
@@ -336,6 +512,18 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn = _CreditReturningH2Connection()  # before connection_made
+        #: The last ``Date`` response header and our ``time.time()`` when it came.
+        self.last_date: tuple[bytes, float] | None = None
+        #: Whether the connection ended, and why (an ``ssl.SSLError`` for a TLS alert).
+        self.lost = False
+        self.lost_with: BaseException | None = None
+        # The pool's discard_connection raises for a connection it does not hold:
+        # the probe's, when it is lost before it was handed to the pool.
+        discard = self.on_connection_lost
+        if discard is not None:
+            # (aioapns annotates the callback as NoReturn; it returns None.)
+            self.on_connection_lost = functools.partial(  # type: ignore[assignment]
+                _discard_if_held, discard)
 
     @classmethod
     def for_address(cls, host: str, port: int) -> type[ApnsClientProtocol]:
@@ -347,6 +535,11 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         )
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        if self.lost:
+            # Stock aioapns would write to the closed transport and wait forever:
+            # with TLS 1.3 a refused client certificate ends the connection only
+            # after the handshake seemed to succeed.
+            raise ConnectionClosed(str(self.lost_with))
         try:
             return await super().send_notification(request)
         except asyncio.CancelledError:
@@ -374,6 +567,16 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
             self.free_channels.release()
         if stream_ids and self.transport is not None and not self.transport.is_closing():
             self.flush()
+
+    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
+        date = headers.get(b"date")
+        if date is not None:
+            self.last_date = (date, time.time())
+        super().on_response_received(headers)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.lost_with = True, exc
+        super().connection_lost(exc)
 
     def on_stream_ended(self, stream_id: int) -> None:
         # Stock aioapns only forgets a stream when an error body arrives; after

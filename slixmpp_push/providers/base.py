@@ -10,6 +10,9 @@ outcome (dead token, outage, throttling).
 from __future__ import annotations
 
 import abc
+import datetime
+import email.utils
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,10 +48,51 @@ class FcmRequest:
     title: str | None = None
     body: str | None = None
     channel_id: str | None = None
+    tag: str | None = None  # a visible notification replaces the shown one with this tag
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 PushRequest = ApnsRequest | FcmRequest
+
+
+class ProbeStatus(str, enum.Enum):
+    """Verdict of one check (``slixmpp-push doctor``): warnings still exit 0."""
+
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(slots=True, frozen=True)
+class ProbeResult:
+    """What :meth:`Provider.probe` learnt: are the credentials accepted?
+
+    ``detail`` is one line saying what was seen; ``fix`` says what to change when
+    the status is not PASS. Neither ever holds a secret or a device token.
+    ``clock_offset``: seconds the provider's clock (its ``Date`` response header)
+    is ahead of ours (negative: behind), when the provider answered with one.
+    """
+
+    status: ProbeStatus
+    detail: str
+    fix: str = ""
+    clock_offset: float | None = None
+
+
+def clock_offset(date_header: str | bytes | None, received: float) -> float | None:
+    """Seconds an HTTP ``Date`` header is ahead of ``received`` (our ``time.time()``
+    when it arrived); None if absent or unparsable. A Date is truncated to the
+    second: the middle of that second is taken, so the error is within ±0.5 s."""
+    if not date_header:
+        return None
+    text = date_header.decode("latin-1") if isinstance(date_header, bytes) else date_header
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": GMT too, as every HTTP date
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp() + 0.5 - received
 
 
 class Provider(abc.ABC):
@@ -73,3 +117,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def send(self, request: PushRequest) -> DeliveryResult:
         """Deliver one request. Expected failures come back as results."""
+
+    async def probe(self, timeout: float) -> ProbeResult:
+        """Check, after :meth:`start`, that the provider accepts our credentials,
+        without showing anything on any device; never raises for an expected
+        failure. Providers that cannot be checked say so."""
+        return ProbeResult(ProbeStatus.WARN, f"{self.kind} apps cannot be checked",
+                           "nothing to do: this provider offers no test request")

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, TextIO
 
 from ..errors import DeliveryResult, Outcome
-from .base import ApnsRequest, Provider, PushRequest
+from .base import ApnsRequest, ProbeResult, ProbeStatus, Provider, PushRequest
 
 if TYPE_CHECKING:
     from ..config import AppConfig
@@ -39,3 +39,8 @@ class ConsoleProvider(Provider):
         line = json.dumps(fields, ensure_ascii=False, sort_keys=True)
         print(f"[push {self.id} as {shape}] {line}", file=self.stream, flush=True)
         return DeliveryResult(Outcome.DELIVERED, status=200, message_id=f"console-{self._counter}")
+
+    async def probe(self, timeout: float) -> ProbeResult:
+        shape = "FCM" if self.app.format == "fcm" else "APNs"
+        return ProbeResult(ProbeStatus.PASS, f"console app: its {shape} requests are printed, "
+                           "never sent to a phone (nothing to check)")

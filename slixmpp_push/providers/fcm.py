@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError, DeliveryResult, MissingDependency, Outcome, PushError
-from .base import FcmRequest, Provider, PushRequest
+from .base import FcmRequest, ProbeResult, ProbeStatus, Provider, PushRequest, clock_offset
 
 if TYPE_CHECKING:
     import httpx
@@ -106,6 +106,48 @@ def _fcm_error_code(response: Any) -> str | None:
             code = detail.get("errorCode")
             return str(code) if code else None
     return None
+
+
+def _error_object(response: Any) -> dict[str, Any]:
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def _rpc_status(response: Any) -> str | None:
+    """The google.rpc status of an error body (``NOT_FOUND``, ``PERMISSION_DENIED`` ...)."""
+    status = _error_object(response).get("status")
+    return str(status) if status else None
+
+
+def _about_token(response: Any) -> bool:
+    """Whether an INVALID_ARGUMENT error is about the registration token (not the message)."""
+    error = _error_object(response)
+    for detail in error.get("details") or []:
+        for violation in (detail.get("fieldViolations") or []) if isinstance(detail, dict) else []:
+            if isinstance(violation, dict) and violation.get("field") == "message.token":
+                return True
+    return "registration token" in str(error.get("message", ""))
+
+
+def _rpc_message(response: Any) -> str:
+    return str(_error_object(response).get("message", ""))[:200]
+
+
+def _describe_cause(cause: BaseException) -> str:
+    """The innermost reason of a transport failure (an SSL verify error, a refusal)."""
+    for _ in range(10):  # httpx.ConnectError <- httpcore.ConnectError <- ssl.SSLError ...
+        inner = cause.__cause__ or cause.__context__
+        if inner is None:
+            break
+        cause = inner
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS: certificate not trusted ({cause.verify_message})"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    return str(cause) or type(cause).__name__
 
 
 class _TokenSource:
@@ -200,6 +242,8 @@ class _Transport:
         self.client = client
         self.tokens = tokens
         self.extra_headers = dict(extra_headers)
+        #: The last ``Date`` response header and our ``time.time()`` when it came.
+        self.last_date: tuple[str, float] | None = None
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         headers = {**self.extra_headers, **(kwargs.pop("headers", None) or {})}
@@ -223,6 +267,9 @@ class _Transport:
             response = await self.client.request(
                 method, url, headers={**headers, **self.tokens.headers()}, **kwargs
             )
+        date = response.headers.get("date")
+        if date:
+            self.last_date = (date, time.time())
         return response.raise_for_status()
 
     async def aclose(self) -> None:
@@ -283,6 +330,38 @@ class FcmProvider(Provider):
     )
     RESENDS: ClassVar[int] = 1
     KEEPALIVE: ClassVar[float] = 60.0  # seconds an idle connection is kept for reuse
+
+    # The probe (``slixmpp-push doctor``): a validate_only send (dry run: never
+    # delivered) to a token shaped like a registration token that Google never
+    # issued. FCM authenticates the request and looks the project up first, so
+    # 400 INVALID_ARGUMENT on the token (or 404 UNREGISTERED) proves both.
+    PROBE_TOKEN: ClassVar[str] = "0" * 22 + ":APA91b" + "0" * 134
+    _ACCOUNT_FIX: ClassVar[str] = (
+        "create a new key for the project's service account (Firebase console > Project "
+        "settings > Service accounts > Generate new private key) and point "
+        "service_account_file at it"
+    )
+    _PROJECT_FIX: ClassVar[str] = (
+        "project_id (or the service account's project_id) must be the Firebase project id "
+        "(Project settings > General), and the service account must belong to it"
+    )
+    #: FCM's answers to the probe, by errorCode or google.rpc status -> (verdict, meaning, fix).
+    PROBE_VERDICTS: ClassVar[Mapping[str, tuple[ProbeStatus, str, str]]] = {
+        "INVALID_ARGUMENT": (ProbeStatus.PASS, "credentials and project accepted", ""),
+        "UNREGISTERED": (ProbeStatus.PASS, "credentials and project accepted", ""),
+        "SENDER_ID_MISMATCH": (ProbeStatus.FAIL, "FCM says the project is not the token's "
+                               "sender", _PROJECT_FIX),
+        "NOT_FOUND": (ProbeStatus.FAIL, "FCM does not know the project", _PROJECT_FIX),
+        "PERMISSION_DENIED": (
+            ProbeStatus.FAIL, "the service account may not send for the project",
+            "use a key of the project's own firebase-adminsdk service account (or grant "
+            "it Firebase Cloud Messaging API Admin), and enable the Firebase Cloud Messaging "
+            "API (V1) for the project"),
+        "UNAUTHENTICATED": (ProbeStatus.FAIL, "FCM refused the access token", _ACCOUNT_FIX),
+        "THIRD_PARTY_AUTH_ERROR": (
+            ProbeStatus.FAIL, "FCM refused the project's APNs or web-push credentials",
+            "re-upload the APNs key in Firebase console > Project settings > Cloud Messaging"),
+    }
 
     def __init__(self, app: AppConfig, *, credential: Any = None) -> None:
         super().__init__(app)
@@ -462,6 +541,88 @@ class FcmProvider(Provider):
             except Exception:
                 log.exception("FCM app %r: deleting the firebase App failed", self.app.id)
 
+    # -- the probe -----------------------------------------------------------
+
+    async def probe(self, timeout: float) -> ProbeResult:
+        """A dry run (``validate_only``) to :attr:`PROBE_TOKEN`: nothing is delivered."""
+        if not self._started or self._closed or self._tokens is None:
+            raise RuntimeError("FcmProvider.probe() before start()")
+        try:
+            await asyncio.wait_for(self._tokens.ensure_fresh(), timeout)
+        except TimeoutError:
+            return ProbeResult(ProbeStatus.FAIL, f"no access token within {timeout:g} s",
+                               "outbound HTTPS to oauth2.googleapis.com must be allowed")
+        except Exception as exc:
+            return self._token_failure(exc)
+        message = self.build_message(FcmRequest(token=self.PROBE_TOKEN, data={"probe": "1"}))
+        try:
+            batch = await asyncio.wait_for(
+                self._messaging.send_each_async([message], dry_run=True, app=self._fb_app),
+                timeout,
+            )
+            response = batch.responses[0]
+        except TimeoutError:
+            return ProbeResult(ProbeStatus.FAIL, f"no answer from {self.base_url} within "
+                               f"{timeout:g} s", "outbound HTTPS to fcm.googleapis.com must be "
+                               "allowed")
+        except self._exceptions.FirebaseError as exc:
+            return self.judge_probe(exc, self._offset())
+        return self.judge_probe(None if response.success else response.exception, self._offset())
+
+    def _offset(self) -> float | None:
+        last = self._transport.last_date if self._transport is not None else None
+        return clock_offset(*last) if last is not None else None
+
+    def judge_probe(self, exc: BaseException | None, offset: float | None) -> ProbeResult:
+        """FCM's answer to the probe as a verdict (``exc`` None: it was accepted)."""
+        about = f"project {self.project_id}"
+        if exc is None:
+            return ProbeResult(ProbeStatus.WARN, f"{self.base_url} accepted a message to a token "
+                               f"that cannot exist: is it really FCM? ({about})",
+                               "check endpoint: unset it to reach Google", offset)
+        response = getattr(exc, "http_response", None)
+        status = response.status_code if response is not None else None
+        rpc = _rpc_status(response)
+        code = _fcm_error_code(response) or rpc
+        cause = getattr(exc, "cause", None)
+        if status is None:  # no answer at all: transport trouble
+            what = _describe_cause(cause) if cause is not None else str(exc)
+            return ProbeResult(ProbeStatus.FAIL, f"cannot reach {self.base_url}: {what}",
+                               "outbound HTTPS to fcm.googleapis.com must be allowed "
+                               "(with endpoint set: ca_file must hold its CA)", offset)
+        answer = f"{status} {code or ''}".strip()
+        verdict = self.PROBE_VERDICTS.get(code or "")
+        if code == "INVALID_ARGUMENT" and not _about_token(response):
+            verdict = None  # the message itself was refused: not the expected answer
+        if verdict is None:
+            if status >= 500 or status == 429:
+                return ProbeResult(ProbeStatus.FAIL, f"FCM is unavailable ({answer}): "
+                                   "credentials not verified", "try again later", offset)
+            return ProbeResult(ProbeStatus.FAIL, f"unexpected answer {answer} ({about}): "
+                               f"{_rpc_message(response)}", "see docs/providers.md", offset)
+        verdict_status, meaning, fix = verdict
+        if verdict_status is ProbeStatus.PASS:
+            return ProbeResult(verdict_status, f"{meaning} ({about}): the dry run to a test "
+                               f"token got {answer}, as expected", "", offset)
+        return ProbeResult(verdict_status, f"{meaning}: {answer} ({about}): "
+                           f"{_rpc_message(response)}", fix, offset)
+
+    def _token_failure(self, exc: Exception) -> ProbeResult:
+        """google-auth could not get an access token for the service account."""
+        names = _mro_names(exc)
+        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else names[0]
+        text = text[:200]
+        if "TransportError" in names:
+            return ProbeResult(ProbeStatus.FAIL, f"cannot reach Google's token endpoint: {text}",
+                               "outbound HTTPS to oauth2.googleapis.com must be allowed")
+        if "reasonable timeframe" in text or "short-lived" in text:
+            fix = ("Google judges the assertion's time by its own clock: set this machine's "
+                   "clock right (NTP: timedatectl set-ntp true; see the clock check)")
+        else:
+            fix = f"the key was deleted or revoked, or the account removed: {self._ACCOUNT_FIX}"
+        return ProbeResult(ProbeStatus.FAIL,
+                           f"Google's token endpoint refused the service account: {text}", fix)
+
     # -- sending -------------------------------------------------------------
 
     async def send(self, request: PushRequest) -> DeliveryResult:
@@ -493,6 +654,7 @@ class FcmProvider(Provider):
                 title=request.title,
                 body=request.body,
                 channel_id=request.channel_id or self.app.android_channel,
+                tag=request.tag,
             )
         return m.Message(
             token=request.token,

@@ -62,6 +62,7 @@ from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from ..logs import loggable_node
 from ..store import CLIENT_REGISTRATIONS, MemoryStore, Store, TinyDBStore
 from ..xep_0357.stanza import NS, PUBLISH_OPTIONS_FORM_TYPE, MutedItem, register_stanzas
 from .dialects import (
@@ -342,7 +343,7 @@ class PushRegistrar(BasePlugin):
             if old is not None and old.node != registration.node:
                 await self._retire(old, spec)
         log.info("registered %s with %s (%s): node %s", self.account, target, dialect,
-                 registration.node)
+                 loggable_node(registration.node))
         self.xmpp.event("push_registrar_registered", registration)
         return registration
 
@@ -445,7 +446,8 @@ class PushRegistrar(BasePlugin):
         try:
             await self.disable(old.target, old.node)
         except RegistrarError as error:
-            log.warning("could not disable the replaced node %s: %s", old.node, error)
+            log.warning("could not disable the replaced node %s: %s", loggable_node(old.node),
+                        error)
         if spec.unregister_command is not None and not spec.keeps_node:
             try:
                 await self.execute(old.app_server, spec.unregister_command,
@@ -537,7 +539,7 @@ class PushRegistrar(BasePlugin):
             if registration.node != node or not from_app_server:
                 continue
             await self._forget(registration)
-            log.info("%s disabled push for node %s", sender, node)
+            log.info("%s disabled push for node %s", sender, loggable_node(node or ""))
             try:
                 await self.disable(registration.target, registration.node)
             except RegistrarError as error:

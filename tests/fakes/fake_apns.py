@@ -16,6 +16,21 @@ like the real service, because the client depends on it:
   stalls here exactly as it does against Apple. Bodies are never split across
   frames (a server may choose to wait; Apple's bodies are tiny).
 - It advertises MAX_CONCURRENT_STREAMS 1000 in its first SETTINGS frame.
+- Every reply carries a ``date`` header (as Apple's do), from the fake's clock:
+  real time plus :attr:`FakeApns.clock_offset`, which tests set to play a server
+  whose clock differs from ours.
+- A device token of only zeros is no token Apple issued: 400 BadDeviceToken
+  (what ``slixmpp-push doctor`` expects for its probe).
+- Provider authentication, when :meth:`FakeApns.add_provider_key` registered
+  keys (otherwise any bearer token, or none, is accepted): the ES256 JWT in
+  ``authorization: bearer …`` must name a registered ``kid``, be signed by that
+  key, have the key's team as ``iss``, and an ``iat`` no older than one hour
+  (403 ExpiredProviderToken) and not in the future beyond
+  :attr:`FakeApns.JWT_LEEWAY` (403 InvalidProviderToken); a request with neither
+  a token nor a verified client certificate is 403 MissingProviderToken.
+  :attr:`FakeApns.topics` (when set) lists the bundle ids that may be pushed to:
+  others are 400 TopicDisallowed. These checks come before the device token's,
+  as at Apple.
 
 Scripting: :attr:`FakeApns.responses` maps a token to ``(status, reason)``;
 :meth:`FakeApns.set_outage` answers every request with one error (optionally
@@ -33,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import json
 import signal
 import time
@@ -42,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import jwt
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -197,8 +214,12 @@ class FakeApnsConnection(asyncio.Protocol):
         )
         if server.hang:
             return  # accepted, never answered
-        status, reason, retry_after = server._decide(stream.headers, token, raw)
-        headers = [(":status", str(status)), ("apns-id", apns_id)]
+        refused = server._authenticate(stream.headers, self.client_cert)
+        if refused is not None:
+            status, reason, retry_after = *refused, None
+        else:
+            status, reason, retry_after = server._decide(stream.headers, token, raw)
+        headers = [(":status", str(status)), ("apns-id", apns_id), ("date", server.http_date())]
         if status == 200:
             self.conn.send_headers(stream_id, headers, end_stream=True)
             self.replies_sent += 1
@@ -252,6 +273,12 @@ class FakeApns:
     it against ``ca``; it is recorded in :attr:`ApnsRecord.client_cert`.
     """
 
+    #: Seconds an ``iat`` may lie in the future (Apple's own tolerance is not
+    #: documented; it refuses tokens "from the future").
+    JWT_LEEWAY = 60
+    #: Apple refuses provider tokens older than this (seconds).
+    JWT_MAX_AGE = 3600
+
     def __init__(
         self,
         ca: TestCA,
@@ -272,6 +299,11 @@ class FakeApns:
         self.outage: tuple[int, str] | None = None
         self.outage_retry_after: int | None = None
         self.hang = False
+        self.clock_offset = 0.0  # seconds the fake's clock is ahead of the real one
+        #: key id -> (team id, EC public key); None: provider tokens are not checked.
+        self.provider_keys: dict[str, tuple[str, Any]] | None = None
+        #: Bundle ids that may be pushed to (``apns-topic``); None: any.
+        self.topics: set[str] | None = None
         # Observations
         self.requests: list[ApnsRecord] = []
         self.connections: list[FakeApnsConnection] = []
@@ -292,6 +324,20 @@ class FakeApns:
         """Answer every request with this error until :meth:`end_outage`."""
         self.outage = (status, reason)
         self.outage_retry_after = retry_after
+
+    def add_provider_key(self, key_id: str, team_id: str, public_key: Any) -> None:
+        """Accept provider tokens signed by this key (from then on, only registered keys)."""
+        if self.provider_keys is None:
+            self.provider_keys = {}
+        self.provider_keys[key_id] = (team_id, public_key)
+
+    def now(self) -> float:
+        """The fake's clock: real time plus :attr:`clock_offset`."""
+        return time.time() + self.clock_offset
+
+    def http_date(self) -> str:
+        """The ``date`` header of a reply now."""
+        return email.utils.formatdate(self.now(), usegmt=True)
 
     def end_outage(self) -> None:
         self.outage = None
@@ -346,6 +392,48 @@ class FakeApns:
             if count >= n and not future.done():
                 future.set_result(None)
 
+    def _authenticate(
+        self, headers: dict[str, str], client_cert: dict[str, Any] | None
+    ) -> tuple[int, str] | None:
+        """Apple's provider checks (token or certificate, then topic): an error or None."""
+        if self.provider_keys is not None:
+            scheme, _, bearer = headers.get("authorization", "").partition(" ")
+            if not bearer:
+                if client_cert is None:
+                    return 403, "MissingProviderToken"
+            elif scheme.lower() != "bearer":
+                return 403, "InvalidProviderToken"
+            else:
+                refused = self._check_jwt(bearer)
+                if refused is not None:
+                    return refused
+        topic = headers.get("apns-topic")
+        if self.topics is not None:
+            if not topic:
+                return 400, "MissingTopic"
+            if topic not in self.topics:
+                return 400, "TopicDisallowed"
+        return None
+
+    def _check_jwt(self, bearer: str) -> tuple[int, str] | None:
+        assert self.provider_keys is not None
+        try:
+            key_id = jwt.get_unverified_header(bearer).get("kid")
+            team_id, public_key = self.provider_keys[key_id]
+            claims = jwt.decode(bearer, public_key, algorithms=["ES256"],
+                                options={"verify_exp": False, "verify_iat": False,
+                                         "require": ["iss", "iat"]})
+        except (jwt.PyJWTError, KeyError, TypeError):
+            return 403, "InvalidProviderToken"
+        if claims.get("iss") != team_id or not isinstance(claims.get("iat"), int):
+            return 403, "InvalidProviderToken"
+        age = self.now() - claims["iat"]
+        if age > self.JWT_MAX_AGE:
+            return 403, "ExpiredProviderToken"
+        if age < -self.JWT_LEEWAY:
+            return 403, "InvalidProviderToken"
+        return None
+
     def _decide(
         self, headers: dict[str, str], token: str, body: bytes
     ) -> tuple[int, str, int | None]:
@@ -361,6 +449,8 @@ class FakeApns:
             return status, reason, None
         if self.dead_token_prefix and token.startswith(self.dead_token_prefix):
             return 410, "Unregistered", None
+        if not token.strip("0"):
+            return 400, "BadDeviceToken", None
         if not body:
             return 400, "PayloadEmpty", None
         return 200, "", None

@@ -27,6 +27,18 @@ HTTP/1.1 with ``h11``. Without ALPN the protocol is sniffed from the preface.
 It also serves a Google OAuth2 token endpoint (``POST /token``, the JWT-bearer
 grant a service-account credential makes), so a real service-account file
 whose ``token_uri`` is :attr:`FakeFcm.token_url` works end to end offline.
+Like Google's, it refuses (400 ``invalid_grant``) an assertion whose ``iat``/``exp``
+are not a short-lived window around its clock and, once
+:meth:`FakeFcm.add_service_account` registered accounts, one of an unknown
+account ("account not found") or not signed by the account's key ("Invalid JWT
+Signature.").
+
+Like Google's, every reply carries a ``date`` header, from the fake's clock
+(real time plus :attr:`FakeFcm.clock_offset`). :attr:`FakeFcm.issued_tokens`,
+when set, are the registration tokens Google issued: a message (dry run or not)
+to any other token is 400 INVALID_ARGUMENT "The registration token is not a
+valid FCM registration token", which is what ``slixmpp-push doctor`` expects
+for its probe. ``None`` (the default) treats every token as issued.
 
 Standalone: ``python -m tests.fakes.fake_fcm --port N`` prints the port on the
 first stdout line when ready, then ``ca_file=<path>``.
@@ -38,6 +50,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import email.utils
 import itertools
 import json
 import re
@@ -57,6 +70,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h11
+import jwt
 
 from .tls import TestCA
 
@@ -227,6 +241,12 @@ class FakeFcm:
         self.issued_token = access_token or "ya29.fake-access-token"
         self.token_expires_in = 3599
         self.token_latency = 0.0
+        #: Registration tokens Google issued; None: every token is one.
+        self.issued_tokens: set[str] | None = None
+        #: client_email -> RSA public key of the service accounts that may get
+        #: tokens; None: any well-formed assertion gets one.
+        self.service_accounts: dict[str, Any] | None = None
+        self.clock_offset = 0.0  # seconds the fake's clock is ahead of the real one
         self.connections = 0
         self.alpn_selected: list[str | None] = []
         self.in_flight = 0
@@ -264,6 +284,16 @@ class FakeFcm:
         """Answer ``token`` with FCM error ``code`` (or :data:`DROP` the connection)."""
         ra = None if retry_after is None else str(retry_after)
         self.errors[token] = ErrorSpec(code, ra, times)
+
+    def add_service_account(self, client_email: str, public_key: Any) -> None:
+        """Hand out tokens to this account only for assertions signed with its key."""
+        if self.service_accounts is None:
+            self.service_accounts = {}
+        self.service_accounts[client_email] = public_key
+
+    def now(self) -> float:
+        """The fake's clock: real time plus :attr:`clock_offset`."""
+        return time.time() + self.clock_offset
 
     def set_outage(self, code: str | None, *, retry_after: str | int | None = None) -> None:
         """Fail every request with ``code`` (``"UNAVAILABLE"``, :data:`DROP`, ...); None ends it."""
@@ -343,6 +373,20 @@ class FakeFcm:
         connection: int,
     ) -> _Reply:
         """Answer one complete request the way FCM would; record it."""
+        reply = await self._reply(method, path, headers, raw, http_version, connection)
+        if reply is not _DROP_REPLY:
+            reply.headers.append(("date", email.utils.formatdate(self.now(), usegmt=True)))
+        return reply
+
+    async def _reply(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        http_version: str,
+        connection: int,
+    ) -> _Reply:
         if path == "/token":
             return await self._token(method, headers, raw, http_version, connection)
         try:
@@ -409,6 +453,9 @@ class FakeFcm:
             status, rpc, text = FCM_ERRORS[spec.code]
             extra = [("retry-after", spec.retry_after)] if spec.retry_after is not None else []
             return _json_reply(status, _error_body(status, rpc, text, spec.code), extra)
+        if token is not None and self.issued_tokens is not None and token not in self.issued_tokens:
+            status, rpc, text = FCM_ERRORS["INVALID_ARGUMENT"]
+            return _json_reply(status, _error_body(status, rpc, text, "INVALID_ARGUMENT"))
         if rec.validate_only:
             return _json_reply(200, {"name": f"projects/{rec.project}/messages/fake_message_id"})
         return _json_reply(200, {"name": f"projects/{rec.project}/messages/0:{next(self._ids)}"})
@@ -439,7 +486,10 @@ class FakeFcm:
             and form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer"
             and isinstance(claims, dict)
         )
-        if ok:
+        refused = self._check_assertion(form.get("assertion", ""), claims) if ok else None
+        if refused is not None:
+            reply = _json_reply(400, {"error": "invalid_grant", "error_description": refused})
+        elif ok:
             reply = _json_reply(
                 200,
                 {
@@ -455,6 +505,37 @@ class FakeFcm:
         rec.status = reply.status
         self.token_requests.append(rec)
         return reply
+
+    def _check_assertion(self, assertion: str, claims: dict[str, Any]) -> str | None:
+        """Google's checks of a service account's JWT: the refusal's description, or None."""
+        iat, exp = claims.get("iat"), claims.get("exp")
+        now = self.now()
+        if (
+            not isinstance(iat, int)
+            or not isinstance(exp, int)
+            or exp - iat > 3600
+            or exp <= now
+            or iat > now + 300  # Google's tolerance is undocumented; the fake allows 5 min
+        ):
+            return (
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                "reasonable timeframe. Check your iat and exp values in the JWT claim."
+            )
+        if self.service_accounts is None:
+            return None
+        public_key = self.service_accounts.get(str(claims.get("iss")))
+        if public_key is None:
+            return "Invalid grant: account not found"
+        try:
+            jwt.decode(
+                assertion,
+                public_key,
+                algorithms=["RS256"],
+                options={"verify_exp": False, "verify_iat": False, "verify_aud": False},
+            )
+        except jwt.PyJWTError:
+            return "Invalid JWT Signature."
+        return None
 
     @staticmethod
     def _validate(body: Any) -> str | None:

@@ -94,6 +94,9 @@ class Notification:
     jingle: Jingle | None = None
     publish_options: dict[str, str] = field(default_factory=dict)
     received_at: float = 0.0
+    #: The server's summary lists ``last-message-body`` but leaves it empty: Prosody's
+    #: mark of an "unimportant" stanza (a chat state, a receipt), whose count says nothing.
+    unimportant: bool = False
     #: Pages and keyed notices: a later push with the same key replaces this one
     #: on the device (APNs collapse id, FCM collapse key) instead of stacking.
     collapse_key: str | None = None

@@ -21,8 +21,9 @@ WAKE           a silent background push: Tigase priority ``low``, Siskin's
                or a publish that signals nothing to show
 =============  ===============================================================
 
-A publish signals a message when it carries a message count above zero, a
-body, an ``<encrypted>`` payload or Tigase priority ``high``: stock Prosody and
+A publish signals a message when it carries a body, an ``<encrypted>`` payload,
+Tigase priority ``high``, or a message count above zero (unless the server marked
+the stanza unimportant, as Prosody does with an empty body field): stock Prosody and
 ejabberd send no priority element, and a background push for their chat
 messages would never be shown (iOS also throttles background pushes to a few
 an hour).
@@ -97,10 +98,15 @@ def presentation(registration: Registration, notification: Notification) -> Pres
 
 
 def signals_message(notification: Notification) -> bool:
-    """Whether a publish says a message is waiting (what a person should see)."""
+    """Whether a publish says a message is waiting (what a person should see).
+
+    A count alone does not, when the server marked the stanza unimportant: Prosody
+    says ``message-count`` 1 for everything, and tells a chat state or a receipt from
+    a message only by leaving ``last-message-body`` empty.
+    """
     return bool(notification.encrypted or notification.body
-                or (notification.message_count or 0) > 0
-                or notification.priority is Priority.HIGH)
+                or notification.priority is Priority.HIGH
+                or ((notification.message_count or 0) > 0 and not notification.unimportant))
 
 
 def build_request(registration: Registration, notification: Notification,

@@ -45,6 +45,22 @@ def jwt_claims(authorization: str) -> tuple[dict[str, str], dict[str, object]]:
             json.loads(base64.urlsafe_b64decode(pad(claims))))
 
 
+def conversation_key(app_id: str, account: str) -> str:
+    """The collapse id / thread id of an account's chat alerts (hash of app and account)."""
+    return hashlib.sha256(f"{app_id}\0{account}".encode()).hexdigest()[:32]
+
+
+def message_alert(server: DevServer, account: str, key: str) -> dict[str, object]:
+    """The exact APNs body a stock server's chat message becomes (include_body off)."""
+    body: dict[str, object] = {
+        "aps": {"alert": {"title": "New message"}, "mutable-content": 1, "sound": "default",
+                "thread-id": key},
+        "account": account}
+    if is_prosody(server):
+        body["unread-messages"] = 1  # Prosody always says 1; ejabberd sends no count
+    return body
+
+
 def assert_apns_headers(record: object, push_type: str, priority: str, ttl: int) -> None:
     headers = record.headers  # type: ignore[attr-defined]
     assert headers[":method"] == "POST"
@@ -77,15 +93,9 @@ async def test_siskin_register_device(xmpp_server: DevServer, xmpp: Connections,
         # A stock server's chat message: a visible, mutable alert (iOS runs
         # Siskin's notification service extension only for those), neutral text.
         assert_apns_headers(record, "alert", "10", app.ttl)
-        conversation = hashlib.sha256(f"{APNS_APP}\0{alice.jid}".encode()).hexdigest()[:32]
-        assert record.headers["apns-collapse-id"] == conversation
-        expected: dict[str, object] = {
-            "aps": {"alert": {"title": "New message"}, "mutable-content": 1,
-                    "sound": "default", "thread-id": conversation},
-            "account": alice.jid}
-        if is_prosody(xmpp_server):
-            expected["unread-messages"] = 1  # Prosody always says 1; ejabberd no count
-        assert record.body == expected
+        key = conversation_key(APNS_APP, alice.jid)
+        assert record.headers["apns-collapse-id"] == key
+        assert record.body == message_alert(xmpp_server, alice.jid, key)
         assert b"secret words" not in record.raw_body
         (outcome,) = await server.wait_published(1)
         assert (outcome.node, outcome.publisher, outcome.answer) == (node, "localhost",
@@ -136,10 +146,40 @@ async def test_v1_register_push(xmpp_server: DevServer, xmpp: Connections,
         assert answer["jid"] == [server.jid]
         await enable(phone, server.jid, answer["node"][0], {"secret": answer["secret"][0]})
         await disconnect(phone)
-        await send_chat(xmpp, xmpp_server, bob, alice)
+        await send_chat(xmpp, xmpp_server, bob, alice, "secret words")
         (record,) = await fake_apns.wait_for(1, timeout=10)
         assert record.token == "bb22" * 16
-        assert record.body["account"] == alice.jid
+        assert_apns_headers(record, "alert", "10", app.ttl)
+        key = conversation_key(APNS_APP, alice.jid)
+        assert record.headers["apns-collapse-id"] == key
+        assert record.body == message_alert(xmpp_server, alice.jid, key)
+        assert b"secret words" not in record.raw_body
+
+
+async def test_stork_register_device_fcm(
+        xmpp_server: DevServer, xmpp: Connections, fake_fcm: FakeFcm, tmp_path: Path) -> None:
+    """Stork (Android) speaks the Tigase dialect over FCM: a message wakes it at once."""
+    alice = await make_account(xmpp_server, "alice")
+    bob = await make_account(xmpp_server, "bob")
+    app = fcm_app(fake_fcm, tmp_path)
+    async with running_appserver(xmpp, xmpp_server, [app], tmp_path / "s.json") as server:
+        phone = await xmpp.client(xmpp_server, alice, resource="stork")
+        answer = await execute(phone, server.jid, "register-device", {
+            "provider": FCM_APP, "device-token": "stork-token-1"})
+        await enable(phone, server.jid, answer["node"][0])
+        await disconnect(phone)
+        await send_chat(xmpp, xmpp_server, bob, alice, "secret words")
+        (record,) = await fake_fcm.wait_for(1, timeout=10)
+        data = {"account": alice.jid, "priority": "high"}
+        if is_prosody(xmpp_server):
+            data["unread-messages"] = "1"
+        assert record.body == {"message": {
+            "token": "stork-token-1",
+            "data": data,
+            "android": {"priority": "high", "ttl": f"{app.ttl}s",
+                        "collapse_key": conversation_key(FCM_APP, alice.jid)},
+        }}
+        assert "secret words" not in json.dumps(record.body)
 
 
 async def test_monal_stateless(xmpp_server: DevServer, xmpp: Connections,
@@ -157,8 +197,10 @@ async def test_monal_stateless(xmpp_server: DevServer, xmpp: Connections,
         (record,) = await fake_apns.wait_for(1, timeout=10)
         assert record.token == token
         assert_apns_headers(record, "alert", "10", app.ttl)
-        assert record.body["aps"]["mutable-content"] == 1
-        assert record.body["aps"]["alert"] == {"title": "New message"}
+        # A Monal registration knows no account: the token keys the collapse id.
+        key = conversation_key(APNS_APP, token)
+        assert record.headers["apns-collapse-id"] == key
+        assert record.body == message_alert(xmpp_server, "localhost", key)
 
 
 async def test_hibernated_session_is_pushed(xmpp_server: DevServer, xmpp: Connections,
@@ -238,6 +280,7 @@ async def test_wait_errors_are_understood_by_prosody(
     """
     token = "ff66" * 16
     app = apns_app(fake_apns.endpoint, test_ca, apns_key)
+    log_before = len(prosody_server.log_text())  # the server is shared with other tests
     async with running_appserver(xmpp, prosody_server, [app], tmp_path / "s.json") as server:
         alice, bob, _node = await _registered_offline(xmpp, prosody_server, server.jid, token)
         fake_apns.responses[token] = (400, "BadTopic")  # our fault: answered wait
@@ -253,7 +296,7 @@ async def test_wait_errors_are_understood_by_prosody(
         await send_chat(xmpp, prosody_server, bob, alice, "accepted again")
         published = await server.wait_published(22, timeout=10)
         assert published[-1].answer == "result"
-        assert "(nil)" not in prosody_server.log_text()
+        assert "(nil)" not in prosody_server.log_text()[log_before:]
 
 
 async def test_dead_token_drops_the_registration(

@@ -149,6 +149,18 @@ def test_messages_fetched_is_a_background_push() -> None:
     )
 
 
+def test_prosody_unimportant_stanza_is_a_background_push() -> None:
+    """Prosody says message-count 1 for a chat state too; its empty body field tells."""
+    note = Notification(message_count=1, unimportant=True)
+    request = apns(reg(), note, apns_app())
+    assert (request.push_type, request.priority) == ("background", 5)
+    assert presentation(reg(), note) is Presentation.WAKE
+    assert fcm(reg(app="fcm-xmpp-api"), note, fcm_app()).priority == "normal"
+    # With the extensions Prosody 13 also tags a message high: that still shows.
+    tagged = Notification(message_count=1, unimportant=True, priority=Priority.HIGH)
+    assert presentation(reg(), tagged) is Presentation.MESSAGE
+
+
 def test_a_publish_signalling_nothing_is_a_background_push() -> None:
     request = apns(reg(), Notification(), apns_app())
     assert (request.push_type, request.priority) == ("background", 5)

@@ -314,6 +314,16 @@ def test_captured_publish(name: str, ns: str | None) -> None:
     assert note.encrypted is None and note.iv is None and note.jingle is None
     assert not note.is_call
     assert note.received_at > 0
+    assert not note.unimportant  # a chat message: each of these carries a body
+
+
+def test_prosody_marks_an_unimportant_stanza_with_an_empty_body_field() -> None:
+    """A chat state queued for a dropped session: count 1 (always), body field empty."""
+    text = (CAPTURED / "prosody_publish_hibernated.xml").read_text()
+    text = text.replace("<value>New Message!</value>", "")
+    note = parse_publish(ET.fromstring(text)).notification
+    assert note.message_count == 1 and note.body is None
+    assert note.unimportant
 
 
 @pytest.mark.parametrize("form_type", sorted(PUBLISH_OPTIONS_FORM_TYPES))

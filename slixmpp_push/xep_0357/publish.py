@@ -91,6 +91,7 @@ def parse_publish(iq: Element) -> Publish:
             fields.get("pending-subscription-count"), "pending-subscription-count")
         notification.sender = fields.get("last-message-sender") or None
         notification.body = fields.get("last-message-body") or None
+        notification.unimportant = fields.get("last-message-body") == ""
 
     encrypted = element.find(_ENCRYPTED)
     if encrypted is not None:

@@ -42,6 +42,7 @@ from slixmpp_push.doctor import (
 )
 from slixmpp_push.models import Dialect, Registration
 from slixmpp_push.providers.apns import ApnsProvider
+from slixmpp_push.providers.base import ProbeResult, Provider
 from slixmpp_push.providers.fcm import FcmProvider
 from slixmpp_push.store import TinyDBStore
 
@@ -157,9 +158,11 @@ def deployment(tmp_path: Path, prosody_server: ProsodyServer) -> Deployment:
     return Deployment(tmp_path, prosody_server)
 
 
-async def full(deployment: Deployment, apns: FakeApns, fcm: FakeFcm, ca: TestCA) -> Deployment:
-    """APNs, FCM and console apps, and a store with one registration."""
-    deployment.add_apns(apns, ca)
+@pytest.fixture
+async def full(deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA
+               ) -> Deployment:
+    """The deployment with APNs, FCM and console apps, and a store with one registration."""
+    deployment.add_apns(apns, test_ca)
     deployment.add_fcm(fcm)
     deployment.add_console()
     await deployment.make_store()
@@ -183,15 +186,36 @@ def assert_private(out: str, deployment: Deployment) -> None:
         assert text not in out
 
 
+async def probed(provider: Provider, timeout: float = 5) -> ProbeResult:
+    """The provider's probe, as the doctor makes it: started, probed, closed."""
+    await provider.start()
+    try:
+        return await provider.probe(timeout)
+    finally:
+        await provider.close()
+
+
+def fcm_app(folder: Path, fake: FakeFcm) -> AppConfig:
+    """An FCM app whose service account (in ``folder``) gets its tokens from ``fake``."""
+    path, _ = service_account(folder, fake)
+    return AppConfig(id=ANDROID, type="fcm", service_account_file=str(path),
+                     endpoint=fake.base_url, ca_file=str(fake.ca_file))
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 # -- everything right ---------------------------------------------------------------
 
 
 async def test_good_deployment_passes_every_check(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
+    full: Deployment, apns: FakeApns, fcm: FakeFcm, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await full(deployment, apns, fcm, test_ca)
-    code, checks, out = await doctor(deployment.write(), capsys)
+    code, checks, out = await doctor(full.write(), capsys)
 
     assert code == 0, out
     assert list(checks) == ["config", "xmpp", f'credentials "{IOS}"', f'apns "{IOS}"',
@@ -202,7 +226,7 @@ async def test_good_deployment_passes_every_check(
     assert "400 BadDeviceToken, as expected" in checks[f'apns "{IOS}"']["detail"]
     assert "400 INVALID_ARGUMENT, as expected" in checks[f"fcm {ANDROID}"]["detail"]
     assert "1 registration(s), 0 pending" in checks["store"]["detail"]
-    assert_private(out, deployment)
+    assert_private(out, full)
     # Apple saw one background push, priority 5, to the all-zero token; FCM one dry run.
     [probe] = apns.requests
     assert probe.token == ApnsProvider.PROBE_TOKEN == "0" * 64
@@ -287,10 +311,7 @@ async def test_unknown_component_name(deployment: Deployment,
 
 
 async def test_closed_port(deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deployment.xmpp["port"] = port
+    deployment.xmpp["port"] = port = closed_port()
     code, xmpp = await xmpp_case(deployment, capsys)
     assert code == 1
     assert xmpp["detail"] == f"connection refused by 127.0.0.1:{port}"
@@ -371,13 +392,11 @@ async def test_client_mode(prosody_server: ProsodyServer) -> None:
 
 
 async def test_wrong_apns_key(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
+    full: Deployment, apns: FakeApns, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await full(deployment, apns, fcm, test_ca)
     other = ec.generate_private_key(ec.SECP256R1())
     apns.add_provider_key(KEY_ID, TEAM_ID, other.public_key())  # Apple knows another key
-    code, checks, out = await doctor(deployment.write(), capsys)
+    code, checks, out = await doctor(full.write(), capsys)
     check = checks[f'apns "{IOS}"']
     assert code == 1
     assert check["status"] == "FAIL"
@@ -386,30 +405,54 @@ async def test_wrong_apns_key(
         f"(topic {TOPIC}, key {KEY_ID} of team {TEAM_ID}, production)")
     assert "check key_id" in check["fix"] and "team_id" in check["fix"]
     assert checks[f'credentials "{IOS}"']["status"] == "PASS"  # the file itself is fine
-    assert_private(out, deployment)
+    assert_private(out, full)
 
 
-async def test_wrong_team_id(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
+#: A wrong setting the credential file does not contradict: the provider refuses it.
+#: (app, setting, wrong value, provider check, its detail's start, words of its fix,
+#: the credentials check's status and detail).
+WRONG_SETTINGS = [
+    pytest.param(
+        IOS, "team_id", "WRONG12345", f'apns "{IOS}"',
+        "Apple refused the provider token (key, key_id or team_id): 403 InvalidProviderToken "
+        f"(topic {TOPIC}, key {KEY_ID} of team WRONG12345,", "Membership > Team ID",
+        ("PASS", f"key_file AuthKey_{KEY_ID}.p8: an EC P-256 (ES256) key, key_id {KEY_ID}, "
+                 "team_id WRONG12345"), id="team_id"),
+    pytest.param(
+        IOS, "topic", "org.example.other", f'apns "{IOS}"',
+        "Apple refused the topic: 400 TopicDisallowed (topic org.example.other,", "bundle id",
+        ("PASS", f"key_file AuthKey_{KEY_ID}.p8: an EC P-256 (ES256) key, key_id {KEY_ID}, "
+                 f"team_id {TEAM_ID}"), id="topic"),
+    pytest.param(
+        ANDROID, "project_id", "no-such-project", f"fcm {ANDROID}",
+        "FCM does not know the project: 404 NOT_FOUND (project no-such-project): Requested "
+        "entity was not found.", "Project settings > General",
+        ("WARN", f"project_id is no-such-project, but the service account {SA_EMAIL} belongs "
+                 f"to {FCM_PROJECT}"), id="fcm project_id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("app", "setting", "value", "check", "detail", "fix", "credentials"), WRONG_SETTINGS)
+async def test_wrong_setting_refused_by_the_provider(
+    full: Deployment, capsys: pytest.CaptureFixture[str], app: str, setting: str, value: str,
+    check: str, detail: str, fix: str, credentials: tuple[str, str],
 ) -> None:
-    await full(deployment, apns, fcm, test_ca)
-    deployment.apps[IOS]["team_id"] = "WRONG12345"
-    code, checks, _ = await doctor(deployment.write(), capsys)
-    check = checks[f'apns "{IOS}"']
+    full.apps[app][setting] = value
+    code, checks, _ = await doctor(full.write(), capsys)
     assert code == 1
-    assert "403 InvalidProviderToken" in check["detail"]
-    assert "team WRONG12345" in check["detail"]
-    assert "Membership > Team ID" in check["fix"]
+    assert checks[check]["status"] == "FAIL"
+    assert checks[check]["detail"].startswith(detail)
+    assert fix in checks[check]["fix"]
+    credentials_check = checks["credentials " + check.partition(" ")[2]]
+    assert (credentials_check["status"], credentials_check["detail"]) == credentials
 
 
 async def test_key_file_named_for_another_key_id(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
+    full: Deployment, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await full(deployment, apns, fcm, test_ca)
-    deployment.apps[IOS]["key_id"] = "ZZZ9876543"
-    code, checks, _ = await doctor(deployment.write(), capsys)
+    full.apps[IOS]["key_id"] = "ZZZ9876543"
+    code, checks, _ = await doctor(full.write(), capsys)
     assert code == 1
     credentials = checks[f'credentials "{IOS}"']
     assert credentials["status"] == "WARN"
@@ -417,20 +460,6 @@ async def test_key_file_named_for_another_key_id(
                                      "ZZZ9876543")
     assert f'probably key_id = "{KEY_ID}"' in credentials["fix"]
     assert "403 InvalidProviderToken" in checks[f'apns "{IOS}"']["detail"]
-
-
-async def test_wrong_topic(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    await full(deployment, apns, fcm, test_ca)
-    deployment.apps[IOS]["topic"] = "org.example.other"
-    code, checks, _ = await doctor(deployment.write(), capsys)
-    check = checks[f'apns "{IOS}"']
-    assert code == 1
-    assert check["detail"].startswith("Apple refused the topic: 400 TopicDisallowed (topic "
-                                      "org.example.other,")
-    assert "bundle id" in check["fix"]
 
 
 async def test_expired_certificate(
@@ -481,12 +510,7 @@ async def test_certificate_auth_and_expiry_warning(test_ca: TestCA, apns: FakeAp
     assert soon is not None and soon.status is Status.WARN
     assert soon.detail.startswith(f"cert_file {cert_file.name} expires in 10 day(s), on")
 
-    provider = ApnsProvider(app)
-    await provider.start()
-    try:
-        probe = await provider.probe(5)
-    finally:
-        await provider.close()
+    probe = await probed(ApnsProvider(app))
     assert probe.status is Status.PASS, probe
     assert f"certificate {cert_file.name}" in probe.detail
     assert apns.requests[0].client_cert is not None
@@ -515,41 +539,26 @@ async def test_apns_answers_judged() -> None:
 
 async def test_apns_unreachable_and_untrusted(tmp_path: Path, test_ca: TestCA) -> None:
     key_file, _ = p8_key(tmp_path)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = closed_port()
     app = AppConfig(id=IOS, type="apns", topic=TOPIC, key_file=str(key_file), key_id=KEY_ID,
                     team_id=TEAM_ID, endpoint=f"127.0.0.1:{closed}", ca_file=str(test_ca.ca_file))
-    provider = ApnsProvider(app)
-    await provider.start()
-    try:
-        refused = await provider.probe(2)
-    finally:
-        await provider.close()
+    refused = await probed(ApnsProvider(app), 2)
     assert refused.status is Status.FAIL
     assert refused.detail == f"connection refused by 127.0.0.1:{closed}"
 
     other_ca = TestCA(tmp_path / "other-ca")  # the server's certificate is not this CA's
     async with FakeApns(test_ca) as fake:
         app.endpoint, app.ca_file = fake.endpoint, str(other_ca.ca_file)
-        provider = ApnsProvider(app)
-        await provider.start()
-        try:
-            untrusted = await provider.probe(2)
-        finally:
-            await provider.close()
+        untrusted = await probed(ApnsProvider(app), 2)
     assert untrusted.status is Status.FAIL
     assert untrusted.detail.startswith(f"TLS: the certificate of {fake.endpoint} is not trusted")
     assert "ca_file" in untrusted.fix
 
     silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # no TLS handshake
     app.endpoint = f"127.0.0.1:{silent.sockets[0].getsockname()[1]}"
-    provider = ApnsProvider(app)
-    await provider.start()
     try:
-        hanging = await provider.probe(0.5)
+        hanging = await probed(ApnsProvider(app), 0.5)
     finally:
-        await provider.close()
         silent.close()
     assert hanging.status is Status.FAIL
     assert hanging.detail == f"no TLS connection to {app.endpoint} within 0.5 s"
@@ -559,13 +568,11 @@ async def test_apns_unreachable_and_untrusted(tmp_path: Path, test_ca: TestCA) -
 
 
 async def test_fcm_service_account_refused_by_the_token_endpoint(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
+    full: Deployment, fcm: FakeFcm, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await full(deployment, apns, fcm, test_ca)
     revoked = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     fcm.add_service_account(SA_EMAIL, revoked.public_key())  # Google has another key now
-    code, checks, out = await doctor(deployment.write(), capsys)
+    code, checks, out = await doctor(full.write(), capsys)
     check = checks[f"fcm {ANDROID}"]
     assert code == 1
     assert check["status"] == "FAIL"
@@ -573,25 +580,7 @@ async def test_fcm_service_account_refused_by_the_token_endpoint(
                                "invalid_grant: Invalid JWT Signature.")
     assert "Generate new private key" in check["fix"]
     assert fcm.requests == []  # no access token, no message
-    assert_private(out, deployment)
-
-
-async def test_wrong_fcm_project(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    await full(deployment, apns, fcm, test_ca)
-    deployment.apps[ANDROID]["project_id"] = "no-such-project"
-    code, checks, _ = await doctor(deployment.write(), capsys)
-    check = checks[f"fcm {ANDROID}"]
-    assert code == 1
-    assert check["detail"] == ("FCM does not know the project: 404 NOT_FOUND (project "
-                               "no-such-project): Requested entity was not found.")
-    assert "Project settings > General" in check["fix"]
-    credentials = checks[f"credentials {ANDROID}"]
-    assert credentials["status"] == "WARN"
-    assert credentials["detail"] == (f"project_id is no-such-project, but the service account "
-                                     f"{SA_EMAIL} belongs to {FCM_PROJECT}")
+    assert_private(out, full)
 
 
 @pytest.mark.parametrize(("code", "verdict", "words"), [
@@ -602,16 +591,9 @@ async def test_wrong_fcm_project(
 ])
 async def test_fcm_answers_judged(fake_fcm: FakeFcm, tmp_path: Path, code: str,
                                   verdict: Status, words: str) -> None:
-    path, _ = service_account(tmp_path, fake_fcm)
+    app = fcm_app(tmp_path, fake_fcm)
     fake_fcm.fail(FcmProvider.PROBE_TOKEN, code)
-    app = AppConfig(id=ANDROID, type="fcm", service_account_file=str(path),
-                    endpoint=fake_fcm.base_url, ca_file=str(fake_fcm.ca_file))
-    provider = FcmProvider(app)
-    await provider.start()
-    try:
-        probe = await provider.probe(5)
-    finally:
-        await provider.close()
+    probe = await probed(FcmProvider(app))
     assert probe.status is verdict
     assert words in probe.detail
 
@@ -621,15 +603,8 @@ async def test_fcm_access_token_refused(test_ca: TestCA, tmp_path: Path,
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(test_ca.ca_file))
     async with FakeFcm(ca=test_ca, access_token="ya29.the-right-one") as fake:
         fake.issued_token = "ya29.a-token-fcm-does-not-take"
-        path, _ = service_account(tmp_path, fake)
-        app = AppConfig(id=ANDROID, type="fcm", service_account_file=str(path),
-                        endpoint=fake.base_url, ca_file=str(fake.ca_file))
-        provider = FcmProvider(app)
-        await provider.start()
-        try:
-            probe = await provider.probe(5)
-        finally:
-            await provider.close()
+        app = fcm_app(tmp_path, fake)
+        probe = await probed(FcmProvider(app))
     assert probe.status is Status.FAIL
     assert probe.detail.startswith(f"FCM refused the access token: 401 UNAUTHENTICATED (project "
                                    f"{FCM_PROJECT}): Request is missing required authentication")
@@ -658,15 +633,8 @@ def test_fcm_permission_denied_judged() -> None:
 
 
 async def test_fcm_dry_run_accepted_is_suspicious(fake_fcm: FakeFcm, tmp_path: Path) -> None:
-    path, _ = service_account(tmp_path, fake_fcm)  # issued_tokens unset: any token "exists"
-    app = AppConfig(id=ANDROID, type="fcm", service_account_file=str(path),
-                    endpoint=fake_fcm.base_url, ca_file=str(fake_fcm.ca_file))
-    provider = FcmProvider(app)
-    await provider.start()
-    try:
-        probe = await provider.probe(5)
-    finally:
-        await provider.close()
+    app = fcm_app(tmp_path, fake_fcm)  # issued_tokens unset: any token "exists"
+    probe = await probed(FcmProvider(app))
     assert probe.status is Status.WARN
     assert "accepted a message to a token that cannot exist" in probe.detail
     assert fake_fcm.delivered == []  # a dry run all the same
@@ -712,11 +680,9 @@ async def test_store_warnings(deployment: Deployment,
 
 
 async def test_clock_skew(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
+    full: Deployment, apns: FakeApns, fcm: FakeFcm, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await full(deployment, apns, fcm, test_ca)
-    config = deployment.write()
+    config = full.write()
     apns.clock_offset = 600.0  # Apple's clock is 10 minutes ahead of ours
     code, checks, _ = await doctor(config, capsys)
     assert code == 1
@@ -736,12 +702,10 @@ async def test_clock_skew(
 
 
 async def test_clock_far_ahead_fails_the_providers_too(
-    deployment: Deployment, apns: FakeApns, fcm: FakeFcm, test_ca: TestCA,
-    capsys: pytest.CaptureFixture[str],
+    full: Deployment, apns: FakeApns, fcm: FakeFcm, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await full(deployment, apns, fcm, test_ca)
     apns.clock_offset = fcm.clock_offset = -7200.0  # our clock 2 hours fast
-    code, checks, _ = await doctor(deployment.write(), capsys)
+    code, checks, _ = await doctor(full.write(), capsys)
     assert code == 1
     assert "403 InvalidProviderToken" in checks[f'apns "{IOS}"']["detail"]
     fcm_check = checks[f"fcm {ANDROID}"]

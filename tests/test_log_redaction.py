@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from fakes.scripted import ScriptedProvider
-from slixmpp.test import SlixTest
+from stream_support import AppServerStreamTest
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
-from slixmpp_push import AppConfig, DeliveryResult, MemoryStore, Outcome
+from slixmpp_push import AppConfig, DeliveryResult, Outcome
 from slixmpp_push.logs import RedactingFilter, loggable_node, redact, short_token
 
 TOKEN = "0f1e2d3c4b5a6978" * 4  # 64 hex digits, as Monal enables with
@@ -78,7 +77,7 @@ def monal_publish(node: str, module: str, iq_id: str) -> str:
             "</x></publish-options></pubsub></iq>")
 
 
-class TestMonalTokenNeverLogged(SlixTest):
+class TestMonalTokenNeverLogged(AppServerStreamTest):
     @pytest.fixture(autouse=True)
     def _logs(self, caplog: pytest.LogCaptureFixture) -> None:
         # As setup_logging installs it: the filter on the handler, everything at DEBUG.
@@ -88,39 +87,19 @@ class TestMonalTokenNeverLogged(SlixTest):
         self.caplog = caplog
 
     def setUp(self) -> None:
-        self.stream_start(mode="component", jid="push.localhost", server="localhost",
-                          plugins=["xep_0030", "xep_0004", "xep_0050"])
         self.scripted = ScriptedProvider(APPS[0])
-        self.xmpp.register_plugin("push_appserver", {
-            "apps": APPS, "store": MemoryStore(), "providers": {"monal": self.scripted}})
-        self.plugin = self.xmpp["push_appserver"]
-        self.plugin.session_bind(self.xmpp.boundjid)
-        self.run_coro(self.plugin.start())
-
-    def tearDown(self) -> None:
-        self.run_coro(self.plugin.stop())
-        super().tearDown()
-
-    def reply(self) -> str:
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            self.wait_(0.01)
-            self.wait_for_send_queue()
-            data = self.xmpp.socket.next_sent()
-            if data:
-                return data.decode() if isinstance(data, bytes) else data
-        self.fail("nothing was sent")
+        self.start_appserver(APPS, self.scripted)
 
     def test_accepted_refused_and_dead_monal_publishes(self) -> None:
         self.recv(monal_publish(TOKEN, "monalProdiOS", "p1"))  # accepted
-        self.assertIn('type="result"', self.reply())
+        self.assertIn('type="result"', self.sent_raw())
         self.recv(monal_publish(TOKEN, "unknownModule", "p2"))  # refused: bad-request
-        self.assertIn("bad-request", self.reply())
+        self.assertIn("bad-request", self.sent_raw())
         self.scripted.script = [DeliveryResult(Outcome.DEAD_TOKEN, 410, "Unregistered")]
         self.recv(monal_publish(TOKEN, "monalProdiOS", "p3"))  # dead: dropped
-        self.assertIn("item-not-found", self.reply())
+        self.assertIn("item-not-found", self.sent_raw())
         self.recv(monal_publish(TOKEN, "monalProdiOS", "p4"))  # refused: expired token
-        self.assertIn("device token expired", self.reply())
+        self.assertIn("device token expired", self.sent_raw())
         self.assertEqual([r.token for r in self.scripted.sent], [TOKEN, TOKEN])
 
         messages = [record.getMessage() for record in self.caplog.records]

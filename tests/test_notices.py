@@ -4,7 +4,6 @@ ad-hoc command over a mock component stream, and ``slixmpp-push notify``."""
 from __future__ import annotations
 
 import asyncio
-import html
 import io
 import re
 import time
@@ -16,6 +15,7 @@ import pytest
 from fakes.scripted import ScriptedProvider
 from slixmpp import JID
 from slixmpp.test import SlixTest
+from stream_support import AppServerStreamTest
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
 from slixmpp_push import (
@@ -145,36 +145,15 @@ def command(fields: Mapping[str, str | list[str]], frm: str = f"{ADMIN}/desk",
             "</command></iq>")
 
 
-class TestSendNotificationCommand(SlixTest):
+class TestSendNotificationCommand(AppServerStreamTest):
+    unescape = True
+
     def setUp(self) -> None:
-        self.stream_start(mode="component", jid="push.localhost", server="localhost",
-                          plugins=["xep_0030", "xep_0004", "xep_0050"])
-        self.store = MemoryStore()
         self.scripted = ScriptedProvider(APP)
-        self.xmpp.register_plugin("push_appserver", {
-            "apps": [APP], "store": self.store, "providers": {APP.id: self.scripted},
-            "admins": ["Admin@localhost"],
-        })
-        self.plugin = self.xmpp["push_appserver"]
-        self.plugin.session_bind(self.xmpp.boundjid)
-        self.run_coro(self.plugin.start())
+        self.start_appserver([APP], self.scripted, admins=["Admin@localhost"])
         for r in (registration("alice@localhost", "a1"), registration("alice@localhost", "a2"),
                   registration("bob@localhost", "b1"), registration("carol@other.example", "c1")):
             self.run_coro(self.store.put(r))
-
-    def tearDown(self) -> None:
-        self.run_coro(self.plugin.stop())
-        super().tearDown()
-
-    def sent_raw(self, timeout: float = 2.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.wait_(0.01)
-            self.wait_for_send_queue()
-            data = self.xmpp.socket.next_sent()
-            if data:
-                return html.unescape(data.decode() if isinstance(data, bytes) else data)
-        self.fail("nothing was sent")
 
     def result(self, raw: str) -> dict[str, str]:
         self.assertIn('status="completed"', raw)

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
 import re
 import time
 from typing import Any
 from unittest import mock
 
 from fakes.scripted import ScriptedProvider
-from slixmpp.test import SlixTest
+from stream_support import AppServerStreamTest
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
-from slixmpp_push import AppConfig, DeliveryResult, MemoryStore, Outcome
+from slixmpp_push import AppConfig, DeliveryResult, Outcome
 from slixmpp_push.appserver import selftest
 from slixmpp_push.appserver.selftest import SelfTestReport, ago
 from slixmpp_push.providers.base import PushRequest
@@ -63,33 +62,14 @@ def publish(node: str, iq_id: str = "p1") -> str:
             "</publish></pubsub></iq>")
 
 
-class TestSelfTestCommand(SlixTest):
+class TestSelfTestCommand(AppServerStreamTest):
+    unescape = True
+
     def setUp(self) -> None:
-        self.stream_start(mode="component", jid="push.localhost", server="localhost",
-                          plugins=["xep_0030", "xep_0004", "xep_0050"])
-        self.store = MemoryStore()
         self.provider = ByToken(APP)
-        self.xmpp.register_plugin("push_appserver", {
-            "apps": [APP], "store": self.store, "providers": {APP.id: self.provider}})
-        self.plugin = self.xmpp["push_appserver"]
-        self.plugin.session_bind(self.xmpp.boundjid)
-        self.run_coro(self.plugin.start())
+        self.start_appserver([APP], self.provider)
         self.reports: list[SelfTestReport] = []
         self.xmpp.add_event_handler("push_test_sent", self.reports.append)
-
-    def tearDown(self) -> None:
-        self.run_coro(self.plugin.stop())
-        super().tearDown()
-
-    def sent_raw(self, timeout: float = 2.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.wait_(0.01)
-            self.wait_for_send_queue()
-            data = self.xmpp.socket.next_sent()
-            if data:
-                return html.unescape(data.decode() if isinstance(data, bytes) else data)
-        self.fail("nothing was sent")
 
     def answer(self, raw: str) -> tuple[list[str], str]:
         """The ``devices`` lines and the note of a completed test-push."""

@@ -4,11 +4,11 @@ exchanges, publish checks and the exact replies a server sees."""
 from __future__ import annotations
 
 import re
-import time
 import unittest
 
 from fakes.scripted import ScriptedProvider
 from slixmpp.test import SlixTest
+from stream_support import AppServerStreamTest
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
 from slixmpp_push import AppConfig, DeliveryResult, MemoryStore, Outcome
@@ -61,41 +61,10 @@ def command(
     )
 
 
-class TestAppServerStream(SlixTest):
+class TestAppServerStream(AppServerStreamTest):
     def setUp(self) -> None:
-        self.stream_start(
-            mode="component",
-            jid="push.localhost",
-            server="localhost",
-            plugins=["xep_0030", "xep_0004", "xep_0050"],
-        )
-        self.store = MemoryStore()
         self.scripted = ScriptedProvider(APPS[0])
-        self.xmpp.register_plugin(
-            "push_appserver",
-            {
-                "apps": APPS,
-                "store": self.store,
-                "providers": {APPS[0].id: self.scripted},
-            },
-        )
-        self.plugin = self.xmpp["push_appserver"]
-        self.xmpp["push_appserver"].session_bind(self.xmpp.boundjid)
-        self.run_coro(self.plugin.start())
-
-    def tearDown(self) -> None:
-        self.run_coro(self.plugin.stop())
-        super().tearDown()
-
-    def sent_raw(self, timeout: float = 2.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.wait_(0.01)
-            self.wait_for_send_queue()
-            data = self.xmpp.socket.next_sent()
-            if data:
-                return data.decode() if isinstance(data, bytes) else data
-        self.fail("nothing was sent")
+        self.start_appserver(APPS, self.scripted)
 
     def form_values(self, raw: str) -> dict[str, str]:
         return dict(re.findall(r"var=\"([^\"]+)\"[^>]*><value>([^<]*)</value>", raw))

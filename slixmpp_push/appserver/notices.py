@@ -35,6 +35,7 @@ from slixmpp.plugins.xep_0030 import DiscoInfo, DiscoItems
 from ..logs import loggable_node
 from ..models import Notification, Priority, Registration
 from ..store import Store
+from .adhoc import COMMANDS_NS, withdraw_command
 from .delivery import Submitted
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 NODE = "send-notification"
 NAME = "Send a notification"
-COMMANDS_NS = "http://jabber.org/protocol/commands"
 DATA_NS = "jabber:x:data"
 PRIORITIES = tuple(p.value for p in Priority)
 #: An administrator's notice is meant to be seen: high makes it a visible alert.
@@ -183,13 +183,10 @@ def register_notice_command(server: PushAppServer) -> None:
 
 def withdraw_notice_command(server: PushAppServer) -> None:
     """Undo :func:`register_notice_command` (harmless when it registered nothing)."""
+    withdraw_command(server, NODE, NAME)
+    # Back to xep_0030's static handlers for both nodes.
     jid = server.xmpp.boundjid
     disco = server.xmpp["xep_0030"]
-    server.xmpp["xep_0050"].commands.pop((jid.full, NODE), None)
-    disco.del_item(jid=jid.full, node=COMMANDS_NS, ijid=jid.full, inode=NODE)
-    disco.del_identity(jid=jid, node=NODE, category="automation", itype="command-node",
-                       name=NAME)
-    # Back to xep_0030's static handlers for both nodes.
     disco.del_node_handler("get_items", JID(jid.full), COMMANDS_NS)
     disco.del_node_handler("get_info", JID(jid.full), NODE)
 

@@ -77,6 +77,7 @@ from ..providers import Provider, create_provider
 from ..store import DEAD_TOKENS, Store, TinyDBStore
 from ..xep_0357.publish import MalformedPublish, parse_publish
 from ..xep_0357.stanza import NS, register_stanzas
+from .adhoc import COMMANDS_NS, withdraw_command
 from .delivery import Delivery, DeliveryPolicy, QueueFull, Submitted
 from .dialects import COMMANDS, Command, empty_form, result_form, submitted_values
 from .echoes import EchoGuard
@@ -90,7 +91,6 @@ _PUBLISH_XPATH = "{%s}iq/{http://jabber.org/protocol/pubsub}pubsub/" \
                  "{http://jabber.org/protocol/pubsub}publish"
 _STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 MONAL_MODULE_OPTION = "pushModule"
-COMMANDS_NS = "http://jabber.org/protocol/commands"
 
 
 @dataclass(slots=True, frozen=True)
@@ -198,10 +198,7 @@ class PushAppServer(BasePlugin):
             disco.del_feature(feature=feature)
         jid = self.xmpp.boundjid
         for command in COMMANDS:
-            adhoc.commands.pop((jid.full, command.node), None)
-            disco.del_item(jid=jid.full, node=COMMANDS_NS, ijid=jid.full, inode=command.node)
-            disco.del_identity(jid=jid, node=command.node, category="automation",
-                               itype="command-node", name=command.name)
+            withdraw_command(self, command.node, command.name)
         withdraw_notice_command(self)
         withdraw_selftest_command(self)
         if not any(key[0] == jid.full for key in adhoc.commands):

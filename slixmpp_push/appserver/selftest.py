@@ -43,6 +43,7 @@ from ..logs import loggable_node, short_token
 from ..models import Notification, Priority, Registration
 from ..payloads import build_request
 from ..providers.base import FcmRequest
+from .adhoc import withdraw_command
 from .notices import select_registrations
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 
 NODE = "test-push"
 NAME = "Send me a test notification"
-COMMANDS_NS = "http://jabber.org/protocol/commands"
 TITLE = "Test notification"
 #: Seconds between two runs of one account (it must not become a way to flood a phone).
 INTERVAL = 10.0
@@ -234,12 +234,7 @@ def register_selftest_command(server: PushAppServer) -> None:
 
 def withdraw_selftest_command(server: PushAppServer) -> None:
     """Undo :func:`register_selftest_command`."""
-    jid = server.xmpp.boundjid
-    disco = server.xmpp["xep_0030"]
-    server.xmpp["xep_0050"].commands.pop((jid.full, NODE), None)
-    disco.del_item(jid=jid.full, node=COMMANDS_NS, ijid=jid.full, inode=NODE)
-    disco.del_identity(jid=jid, node=NODE, category="automation", itype="command-node",
-                       name=NAME)
+    withdraw_command(server, NODE, NAME)
 
 
 def _handler(server: PushAppServer) -> Any:

@@ -373,22 +373,8 @@ class FakeFcm:
         connection: int,
     ) -> _Reply:
         """Answer one complete request the way FCM would; record it."""
-        reply = await self._reply(method, path, headers, raw, http_version, connection)
-        if reply is not _DROP_REPLY:
-            reply.headers.append(("date", email.utils.formatdate(self.now(), usegmt=True)))
-        return reply
-
-    async def _reply(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        raw: bytes,
-        http_version: str,
-        connection: int,
-    ) -> _Reply:
         if path == "/token":
-            return await self._token(method, headers, raw, http_version, connection)
+            return self._dated(await self._token(method, headers, raw, http_version, connection))
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
@@ -404,12 +390,18 @@ class FakeFcm:
             http_version=http_version,
             connection=connection,
         )
-        reply = await self._answer(rec, match)
+        reply = self._dated(await self._answer(rec, match))
         rec.status = reply.status
         self.requests.append(rec)
         assert self._changed is not None
         async with self._changed:
             self._changed.notify_all()
+        return reply
+
+    def _dated(self, reply: _Reply) -> _Reply:
+        """Google's ``date`` header, from the fake's clock, on every reply but a drop."""
+        if reply is not _DROP_REPLY:
+            reply.headers.append(("date", email.utils.formatdate(self.now(), usegmt=True)))
         return reply
 
     async def _answer(self, rec: RecordedRequest, match: re.Match[str] | None) -> _Reply:

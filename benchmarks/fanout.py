@@ -45,7 +45,7 @@ async def baseline(fake: FakeApnsProcess, key: Path, devices: int, offset: int) 
     """aioapns alone, the same requests, the same concurrency."""
     provider = ApnsProvider(app_config(fake, key))
     await provider.start()
-    client = provider.client
+    client = provider.pool  # aioapns's protocol, our pool
     assert client is not None
     gate = asyncio.Semaphore(FAN_OUT)
     payload = {"aps": {"alert": {"title": "[ABCD] DiskFull"}, "mutable-content": 1,

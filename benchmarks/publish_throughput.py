@@ -110,7 +110,7 @@ async def run_component(role: str, port: int, secret: str, folder: Path, patch: 
         provider = ApnsProvider(apns_app((folder / "endpoint").read_text(),
                                          folder / "ca.pem", folder / "key.p8"))
         await provider.start()
-        client = provider.client
+        client = provider.pool  # aioapns's protocol, our pool
         loop = asyncio.get_running_loop()
         payload = {"aps": {"content-available": 1}, "account": f"user1@{DOMAIN}",
                    "unread-messages": 1}

@@ -9,7 +9,7 @@ Importing the package registers its plugins with slixmpp, so a bot can do::
 from slixmpp.plugins.base import register_plugin as _register_plugin
 
 from .appserver import DeliveryPolicy, PushAppServer, Submitted
-from .config import AppConfig
+from .config import AppConfig, RegistrationLimits
 from .errors import ConfigError, DeliveryResult, MissingDependency, Outcome, PushError, StoreError
 from .models import Dialect, Notification, Priority, Registration
 from .notifier import Policy, PushNotifier, Step
@@ -41,6 +41,7 @@ __all__ = [
     "PushNotifier",
     "PushRegistrar",
     "Registration",
+    "RegistrationLimits",
     "Step",
     "Store",
     "StoreError",

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import Config, check_credentials, load_config
+from .config import Config, check_startup, load_config
 from .errors import ConfigError, MissingDependency, StoreError
 from .logs import setup_logging
 
@@ -32,14 +32,25 @@ def _load(path: str) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from .providers import create_provider
-
-    for app in config.apps:
-        create_provider(app)  # imports the SDKs each app needs
-        check_credentials(app)
+    notes = check_startup(config)
+    asyncio.run(_check_store_readable(config.store))
     print(f"{args.config}: OK — {config.xmpp.mode} {config.xmpp.jid}, "
           f"apps: {', '.join(f'{a.id} ({a.type})' for a in config.apps)}, store {config.store}")
+    for note in notes:
+        print(f"  note: {note}")
     return 0
+
+
+async def _check_store_readable(path: str) -> None:
+    """Load an existing store read-only, as ``serve`` will (a StoreError names the
+    file); no lock is taken, so this works beside the running service."""
+    from .store import TinyDBStore
+
+    store = TinyDBStore(path, read_only=True)
+    if not store.path.exists() and not store.journal_path.exists():
+        return  # serve creates it
+    await store.open()
+    await store.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -5,10 +5,13 @@ Every key is documented in ``docs/configuration.md``; defaults live here only.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
+import socket
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +62,12 @@ class AppConfig:
     ca_file: str | None = None  # CA bundle trusted for that endpoint
     extra: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def request_format(self) -> str:
+        """What the requests to this app look like, "apns" or "fcm" (a console app's
+        are rendered in one of the two)."""
+        return self.format or ("apns" if self.type == "console" else self.type)
+
 
 @dataclass(slots=True)
 class DeliveryPolicy:
@@ -71,6 +80,18 @@ class DeliveryPolicy:
     max_pending: int = 100_000
     rate_burst: int = 10  # per node: this many pushes at once ...
     rate_interval: float = 2.0  # ... then one per interval (0 disables the limit)
+
+
+@dataclass(slots=True)
+class RegistrationLimits:
+    """How much one account may register (``[appserver]`` in the config)."""
+
+    # Distinct devices (a token, or a p2/v1 device id) per account. A reinstalled
+    # app registers a new token while the old one waits for Apple's 410.
+    max_registrations_per_account: int = 20
+    # Conversations (p2) registers a device once more per group chat (``muc``):
+    # those count as one device, and are bounded here instead.
+    max_group_chats_per_device: int = 100
 
 
 # -- loading -------------------------------------------------------------------------
@@ -86,6 +107,11 @@ class XmppConfig:
     host: str
     port: int
     secret: str  # component secret, or the client account's password
+    # A stream can stop carrying stanzas without closing (a server restarting its
+    # stream, a hung server, a half-open TCP connection): ping it this often, and
+    # reconnect when a ping is not answered within ping_timeout.
+    ping_interval: float = 15.0
+    ping_timeout: float = 10.0
 
 
 @dataclass(slots=True)
@@ -99,6 +125,8 @@ class Config:
     log_level: str
     log_format: str = "text"  # "text" or "json"
     metrics_listen: tuple[str, int] | None = None  # host, port of /metrics and /health
+    store_journal_limit: int | None = None  # bytes; None: the store's default (64 MiB)
+    limits: RegistrationLimits = field(default_factory=RegistrationLimits)
     admins: list[str] = field(default_factory=list)  # bare JIDs that may send notices
     notifier: NotifierSettings | None = None  # [notifier]: paging
     ingest: ReceiverConfig | None = None  # [ingest]: the alert receiver
@@ -224,15 +252,39 @@ def _read_xmpp(data: dict[str, Any], base: Path) -> XmppConfig:
     mode = section.get("mode", str, "component")
     if mode not in ("component", "client"):
         raise ConfigError("xmpp.mode", f"must be 'component' or 'client', not {mode!r}")
-    jid = section.get("jid", str, required=True)
+    jid = _check_jid(section.get("jid", str, required=True), mode)
     host = section.get("host", str, "127.0.0.1")
     port = section.get("port", int, 5347 if mode == "component" else 5222)
     if not 0 < port < 65536:
         raise ConfigError("xmpp.port", f"must be a TCP port, not {port}")
     secret = section.secret("secret" if mode == "component" else "password")
     assert secret is not None
+    defaults = XmppConfig(mode, jid, host, port, secret)
+    ping_interval = section.positive("ping_interval", defaults.ping_interval, allow_zero=False)
+    ping_timeout = section.positive("ping_timeout", defaults.ping_timeout, allow_zero=False)
     section.finish()
-    return XmppConfig(mode=mode, jid=jid, host=host, port=port, secret=secret)
+    return XmppConfig(mode=mode, jid=jid, host=host, port=port, secret=secret,
+                      ping_interval=ping_interval, ping_timeout=ping_timeout)
+
+
+def _check_jid(jid: str, mode: str) -> str:
+    """``[xmpp] jid`` as slixmpp will parse it: a domain for a component, an account
+    for a client (``serve`` would otherwise stop with slixmpp's InvalidJID)."""
+    from slixmpp.jid import JID, InvalidJID
+
+    try:
+        parsed = JID(jid)
+    except InvalidJID as exc:
+        raise ConfigError("xmpp.jid", f"is not a valid JID ({exc}): {jid!r}") from None
+    if not parsed.domain:
+        raise ConfigError("xmpp.jid", "is empty")
+    if mode == "component" and (parsed.user or parsed.resource):
+        raise ConfigError("xmpp.jid", f"a component's JID is a domain name such as "
+                                      f"push.example.org, not {jid!r}")
+    if mode == "client" and not parsed.user:
+        raise ConfigError("xmpp.jid", f"in client mode it is an account such as "
+                                      f"bot@example.org, not {jid!r}")
+    return jid
 
 
 def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
@@ -309,6 +361,17 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     if allowed is not None and not all(isinstance(d, str) and d for d in allowed):
         raise ConfigError("appserver.allowed_domains", "must be a list of domain names")
     remote_disable = server.get("remote_disable", bool, True)
+    journal_mb = None  # the store's default bound
+    if "store_journal_max_mb" in server.data:
+        journal_mb = server.positive("store_journal_max_mb", 0.0, allow_zero=False)
+    limit_defaults = RegistrationLimits()
+    limits = RegistrationLimits(
+        max_registrations_per_account=server.count(
+            "max_registrations_per_account", limit_defaults.max_registrations_per_account),
+        max_group_chats_per_device=server.count(
+            "max_group_chats_per_device", limit_defaults.max_group_chats_per_device,
+            minimum=0),
+    )
     admins = server.strings("admins")
     for admin in admins:
         if "@" not in admin or "/" in admin:
@@ -367,7 +430,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     return Config(xmpp=xmpp, apps=apps, store=store, allowed_domains=allowed,
                   remote_disable=remote_disable, delivery=policy, log_level=level,
                   log_format=log_format, metrics_listen=metrics_listen,
-                  notifier=notifier, ingest=ingest, admins=admins)
+                  store_journal_limit=int(journal_mb * 1024 * 1024) if journal_mb else None,
+                  notifier=notifier, ingest=ingest, admins=admins, limits=limits)
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -402,11 +466,28 @@ def parse_listen(listen: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def check_credentials(app: AppConfig) -> None:
-    """Read an app's key, certificate or service account without connecting.
+#: Apple's key IDs and team IDs: ten capital letters and digits (AuthKey_ABC123DEFG.p8).
+_APPLE_ID = re.compile(r"[A-Z0-9]{10}")
 
-    ``check-config`` calls it so that a wrong file is found before start-up.
+
+def _app_key(app: AppConfig, name: str) -> str:
+    return f"apps.{quote_key(app.id)}.{name}"
+
+
+def check_credentials(app: AppConfig) -> None:
+    """Read an app's key, certificates or service account without connecting.
+
+    ``check-config`` calls it so that a wrong file is found before start-up:
+    PEM files are parsed as the TLS layer will load them, and Apple's key and
+    team IDs must have their shape (a typo would only show as 403
+    InvalidProviderToken on every push).
     """
+    if app.ca_file:
+        try:
+            ssl.create_default_context(cafile=app.ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(_app_key(app, "ca_file"),
+                              f"holds no PEM CA certificate: {exc}") from None
     if app.type == "apns" and app.key_file:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -414,34 +495,147 @@ def check_credentials(app: AppConfig) -> None:
         try:
             key = serialization.load_pem_private_key(Path(app.key_file).read_bytes(), None)
         except (ValueError, TypeError, OSError) as exc:
-            raise ConfigError(f"apps.{app.id}.key_file",
+            raise ConfigError(_app_key(app, "key_file"),
                               f"is not a readable .p8 key: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"apps.{app.id}.key_file", "is not an EC (ES256) key")
+            raise ConfigError(_app_key(app, "key_file"), "is not an EC (ES256) key")
+        for name in ("key_id", "team_id"):
+            value = getattr(app, name)
+            if value is not None and not _APPLE_ID.fullmatch(value):
+                raise ConfigError(_app_key(app, name), f"must be Apple's 10-character ID "
+                                  f"(capital letters and digits), not {value!r}")
     if app.type == "apns" and app.cert_file:
         from cryptography import x509
 
         try:
             x509.load_pem_x509_certificate(Path(app.cert_file).read_bytes())
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"apps.{app.id}.cert_file",
+            raise ConfigError(_app_key(app, "cert_file"),
                               f"holds no PEM certificate: {exc}") from None
+        try:  # the certificate's private key must be in the same file, and match it
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(app.cert_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(_app_key(app, "cert_file"), f"must hold the certificate and "
+                              f"its private key (PEM): {exc}") from None
     if app.type == "fcm" and app.service_account_file:
         import json
 
         try:
             account = json.loads(Path(app.service_account_file).read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"apps.{app.id}.service_account_file",
+            raise ConfigError(_app_key(app, "service_account_file"),
                               f"is not a JSON file: {exc}") from None
         missing = [k for k in ("type", "private_key", "client_email", "token_uri")
                    if not isinstance(account, dict) or not account.get(k)]
         if missing:
-            raise ConfigError(f"apps.{app.id}.service_account_file",
+            raise ConfigError(_app_key(app, "service_account_file"),
                               f"is not a service-account key (no {missing[0]!r})")
         if not app.project_id and not account.get("project_id"):
-            raise ConfigError(f"apps.{app.id}.project_id",
+            raise ConfigError(_app_key(app, "project_id"),
                               "is required (the service account names no project)")
+
+
+def check_startup(config: Config) -> list[str]:
+    """What ``serve`` would refuse at start-up, checked without connecting anywhere.
+
+    Raises :class:`ConfigError` naming the key, or :class:`MissingDependency`
+    for an extra a configured feature needs; returns notes worth printing (a
+    listen port held by a running slixmpp-push, as it is while the service runs).
+    The store's content is not read here (``check-config`` opens it read-only).
+    """
+    from importlib.util import find_spec
+
+    from .errors import MissingDependency
+    from .providers import create_provider
+
+    for app in config.apps:
+        create_provider(app)  # imports the SDKs each app needs
+        check_credentials(app)
+    if config.ingest is not None and find_spec("aiohttp") is None:
+        raise MissingDependency("aiohttp", "notifier", "the alert receiver ([ingest])")
+    if (config.notifier is not None and config.notifier.omemo is not None
+            and find_spec("slixmpp_omemo") is None):
+        raise MissingDependency("slixmpp-omemo", "omemo", "[notifier.omemo]")
+    _check_store_folder(config.store)
+    notes = []
+    listens = [("metrics.listen", config.metrics_listen)]
+    if config.ingest is not None:
+        listens.append(("ingest.listen", (config.ingest.host, config.ingest.port)))
+    for key, address in listens:
+        if address is not None:
+            note = _check_listen(key, *address)
+            if note:
+                notes.append(note)
+    return notes
+
+
+def listen_error(key: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """The one-line error for a listen address that cannot be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        problem = f"port {port} on {host} is already in use by another program"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        problem = f"{host} is not an address of this machine"
+    elif exc.errno == errno.EACCES:
+        problem = (f"no permission to listen on port {port} (ports below 1024 need root or "
+                   "CAP_NET_BIND_SERVICE)")
+    else:
+        problem = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return ConfigError(key, problem)
+
+
+def _check_listen(key: str, host: str, port: int) -> str | None:
+    """Bind ``host:port`` as asyncio's servers will (every address the name has,
+    SO_REUSEADDR); a port held by a running slixmpp-push is a note, not an error."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(key, f"cannot resolve {host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and _serves_our_health(host, port):
+                    return (f"{key}: {host}:{port} is in use by a running slixmpp-push "
+                            "(fine if that is this service)")
+                raise listen_error(key, host, port, exc) from None
+    return None
+
+
+def _serves_our_health(host: str, port: int) -> bool:
+    """Whether ``host:port`` answers ``GET /health`` as our status server or alert
+    receiver does: the running service holds its own ports."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as sock:
+            sock.sendall(b"GET /health HTTP/1.0\r\nHost: slixmpp-push\r\n\r\n")
+            answer = b""
+            while len(answer) < 65536:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                answer += data
+    except OSError:
+        return False
+    _, _, body = answer.partition(b"\r\n\r\n")
+    return b'"live": true' in body or b'"open_pages"' in body
+
+
+def _check_store_folder(store: str) -> None:
+    """The store's folder exists or can be created, and this user may write there."""
+    path = Path(store)
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("appserver.store", f"{str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("appserver.store", f"the folder {str(existing)!r} is not writable "
+                          "by this user (run as the service's user)")
+    if path.exists() and (not path.is_file() or not os.access(path, os.R_OK | os.W_OK)):
+        raise ConfigError("appserver.store", f"{store!r} is not a file this user can read "
+                          "and write")
 
 
 def load_store_path(path: str | os.PathLike[str]) -> str:

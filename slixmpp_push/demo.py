@@ -36,7 +36,7 @@ from .providers.console import ConsoleProvider
 from .xep_0357.stanza import PUBLISH_OPTIONS_FORM_TYPE
 
 APP_ID = "tigase:messenger:apns:1"  # the provider id Siskin registers with
-DEVICE_TOKEN = "d3m0" + secrets.token_hex(30)
+DEVICE_TOKEN = "dec0" + secrets.token_hex(30)  # 64 hex digits, as Apple issues
 
 
 def say(step: str, text: str) -> None:

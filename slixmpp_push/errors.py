@@ -64,6 +64,9 @@ class DeliveryResult:
     reason: str = ""  # the provider's reason ("Unregistered", "UNAVAILABLE", ...)
     retry_after: float | None = None  # seconds, from Retry-After
     message_id: str | None = None  # apns-id or FCM message name
+    #: The provider stopped sending for the whole app (its credentials were
+    #: refused) for ``retry_after`` seconds: /health is not ready meanwhile.
+    suspended: bool = False
 
     @property
     def ok(self) -> bool:

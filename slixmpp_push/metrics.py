@@ -16,9 +16,15 @@ retry_queue_depth                          gauge
 retries_total                              counter    app
 dead_tokens_removed_total                  counter    app
 rate_limited_total                         counter
+queue_full_total                           counter    (refused: max_pending reached)
+commands_total                             counter    command, outcome
 registrations                              gauge      app
 xmpp_connected                             gauge
+xmpp_reconnects_total                      counter    cause (stuck, ended, login_failed)
+xmpp_ping_seconds                          gauge      (round trip of the last keepalive ping)
 apns_certificate_expiry_timestamp_seconds  gauge      app
+store_journal_bytes                        gauge      (compaction failing: it grows)
+store_write_failures_total                 counter    (disk full, I/O errors)
 =========================================  =========  ==============================
 """
 
@@ -30,10 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .errors import DeliveryResult, Outcome
+from .store.status import StoreStatus
 
 PREFIX = "slixmpp_push_"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -44,7 +51,25 @@ class ProviderHealth:
     outcome: str = "none"  # the last result: delivered, retry, rejected, dead_token
     at: float = 0.0
     reason: str = ""
-    consecutive_failures: int = 0
+    consecutive_failures: int = 0  # RETRY results since the last answer from the provider
+    failing_since: float = 0.0  # wall time of the first of them
+    suspended_until: float = 0.0  # the provider paused the app (credentials refused)
+
+    #: Failures in a row (and nothing else) that make the provider not ready.
+    UNREADY_AFTER = 5
+
+    def problem(self, now: float) -> str:
+        """Why this provider makes the app server not ready ("" when it does not)."""
+        if now < self.suspended_until:
+            return f"{self.reason}; sending paused until {_clock(self.suspended_until)}"
+        if self.consecutive_failures >= self.UNREADY_AFTER:
+            return (f"{self.reason} ({self.consecutive_failures} failures in a row since "
+                    f"{_clock(self.failing_since)})")
+        return ""
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
 
 
 class _Registrations(Collector):
@@ -59,6 +84,22 @@ class _Registrations(Collector):
         for app, count in sorted(self._counts().items()):
             family.add_metric([app], count)
         yield family
+
+
+class _Store(Collector):
+    """The store's journal size and write failures, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        status = self._metrics.store_status
+        yield GaugeMetricFamily(PREFIX + "store_journal_bytes",
+                                "Bytes in the store journal (grows while compaction fails)",
+                                value=status.journal_bytes)
+        yield CounterMetricFamily(PREFIX + "store_write_failures",
+                                  "Store writes that failed (disk full, I/O error)",
+                                  value=status.failed_writes_total)
 
 
 class Metrics:
@@ -88,8 +129,19 @@ class Metrics:
         self.rate_limited = Counter(PREFIX + "rate_limited",
                                     "Publishes held back by the per-node rate limit",
                                     registry=r)
+        self.queue_full = Counter(PREFIX + "queue_full",
+                                  "Notifications refused ('wait'): [delivery] max_pending "
+                                  "are pending", registry=r)
+        self.commands = Counter(PREFIX + "commands", "Ad-hoc commands answered",
+                                ["command", "outcome"], registry=r)
         self.connected = Gauge(PREFIX + "xmpp_connected", "1 while the XMPP stream is up",
                                registry=r)
+        self.reconnects = Counter(PREFIX + "xmpp_reconnects",
+                                  "New XMPP connections after a stuck stream, a stream that "
+                                  "ended, or a failed login", ["cause"], registry=r)
+        self.ping_seconds = Gauge(PREFIX + "xmpp_ping_seconds",
+                                  "Round trip of the last keepalive ping (XEP-0199) through "
+                                  "the XMPP server", registry=r)
         self.certificate_expiry = Gauge(PREFIX + "apns_certificate_expiry_timestamp_seconds",
                                         "Expiry (UNIX time) of an APNs client certificate",
                                         ["app"], registry=r)
@@ -98,16 +150,25 @@ class Metrics:
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self.xmpp_connected = False
-        self.store_writable = True
-        self.store_error = ""
+        self.xmpp_problem = "not connected yet"  # why the stream is not usable
+        self.store_status = StoreStatus()  # the watched store's (watch_store)
+        self.registry.register(_Store(self))
         self.started = time.time()
 
     def watch_registrations(self, counts: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_Registrations(counts))
 
+    def watch_store(self, status: StoreStatus) -> None:
+        """Report this store's write health and journal size (``Store.status``)."""
+        self.store_status = status
+
     # -- events -------------------------------------------------------------------------
     def published(self, dialect: str, outcome: str) -> None:
         self.publishes.labels(dialect, outcome).inc()
+
+    def command_answered(self, command: str, outcome: str) -> None:
+        """``outcome``: "completed", or the error condition answered."""
+        self.commands.labels(command, outcome).inc()
 
     def provider_result(self, app: str, result: DeliveryResult, received_at: float) -> None:
         status = str(result.status) if result.status is not None else "none"
@@ -120,23 +181,27 @@ class Metrics:
         health.outcome = result.outcome.value
         health.at = time.time()
         health.reason = result.reason
-        if result.outcome is Outcome.DELIVERED:
-            health.consecutive_failures = 0
-            if received_at:
-                latency = self._latency_children.get(app)
-                if latency is None:
-                    latency = self._latency_children[app] = self.latency.labels(app)
-                latency.observe(max(0.0, health.at - received_at))
-        elif result.outcome in (Outcome.RETRY, Outcome.REJECTED):
+        if result.outcome is Outcome.RETRY:  # no usable answer: the provider's fault
+            if not health.consecutive_failures:
+                health.failing_since = health.at
             health.consecutive_failures += 1
+            if result.suspended:
+                health.suspended_until = health.at + (result.retry_after or 0.0)
+        elif result.status is not None or result.outcome is Outcome.DELIVERED:
+            # Any answer (a dead token, a refused payload) shows the provider works.
+            health.consecutive_failures = 0
+            health.suspended_until = 0.0
+        if result.outcome is Outcome.DELIVERED and received_at:
+            latency = self._latency_children.get(app)
+            if latency is None:
+                latency = self._latency_children[app] = self.latency.labels(app)
+            latency.observe(max(0.0, health.at - received_at))
 
-    def set_connected(self, connected: bool) -> None:
+    def set_connected(self, connected: bool, problem: str = "") -> None:
+        """The stream is usable, or not and why (``problem`` names the cause)."""
         self.xmpp_connected = connected
+        self.xmpp_problem = "" if connected else (problem or "not connected")
         self.connected.set(1 if connected else 0)
-
-    def store_result(self, ok: bool, error: str = "") -> None:
-        self.store_writable = ok
-        self.store_error = error
 
     def watch_certificate(self, app: str, cert_file: str) -> None:
         """Expose the expiry of an APNs client certificate (PEM with cert and key)."""
@@ -153,12 +218,17 @@ class Metrics:
     def health(self) -> tuple[bool, dict[str, object]]:
         """(ready, details) for /health."""
         connected = self.xmpp_connected
+        now = time.time()
         providers = {app: {"last": h.outcome, "at": h.at, "reason": h.reason,
-                           "consecutive_failures": h.consecutive_failures}
+                           "consecutive_failures": h.consecutive_failures,
+                           "problem": h.problem(now)}
                      for app, h in sorted(self.providers.items())}
-        ready = connected and self.store_writable
+        store_problem = self.store_status.problem()  # not writable, or journal too long
+        ready = (connected and not store_problem
+                 and not any(p["problem"] for p in providers.values()))
         return ready, {
             "live": True, "ready": ready, "xmpp_connected": connected,
-            "store": {"writable": self.store_writable, "error": self.store_error},
+            "xmpp": {"connected": connected, "problem": self.xmpp_problem},
+            "store": {**self.store_status.details(), "problem": store_problem},
             "providers": providers, "uptime_seconds": round(time.time() - self.started, 1),
         }

@@ -112,7 +112,7 @@ def signals_message(notification: Notification) -> bool:
 def build_request(registration: Registration, notification: Notification,
                   app: AppConfig, now: float) -> PushRequest:
     """The request ``app``'s provider must send for ``notification``."""
-    fmt = app.format or ("apns" if app.type == "console" else app.type)
+    fmt = app.request_format
     if fmt == "fcm":
         return build_fcm(registration, notification, app, now)
     return build_apns(registration, notification, app, now)

@@ -12,21 +12,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable
 from typing import Any
 
 from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp.basexmpp import BaseXMPP
 
 from .appserver import PushAppServer
-from .config import Config
+from .config import Config, listen_error
+from .connection import StreamKeeper
 from .metrics import Metrics
 from .providers import Provider
 from .status_http import StatusServer
 from .store import TinyDBStore
 
 log = logging.getLogger(__name__)
-
-RECONNECT_MAX_DELAY = 30.0
 
 
 def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
@@ -45,7 +45,7 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         xmpp = ClientXMPP(config.xmpp.jid, config.xmpp.secret)
     for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199"):
         xmpp.register_plugin(plugin)
-    store = TinyDBStore(config.store)
+    store = TinyDBStore(config.store, journal_limit=config.store_journal_limit)
     xmpp.register_plugin("push_appserver", {
         "apps": config.apps,
         "store": store,
@@ -53,6 +53,7 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         "delivery": config.delivery,
         "remote_disable": config.remote_disable,
         "admins": config.admins,
+        "limits": config.limits,
         "providers": providers,
         "metrics": metrics,
     })
@@ -89,81 +90,62 @@ def _chat_sender(xmpp: BaseXMPP, config: Config, store: TinyDBStore) -> Any:
 
 async def serve(config: Config, ready: asyncio.Event | None = None,
                 providers: dict[str, Provider] | None = None) -> None:
-    """Run until a signal (or cancellation); pending notifications stay stored."""
+    """Run until a signal (or cancellation); pending notifications stay stored.
+
+    A start-up failure (store, providers, a listen address) stops what had
+    started and raises: a ConfigError names the key, a StoreError the file.
+    """
     metrics = Metrics()
     xmpp = build_xmpp(config, providers, metrics)
     plugins: Any = xmpp.plugin  # slixmpp types only its own plugin names
     appserver: PushAppServer = plugins["push_appserver"]
-    await appserver.start()
-    status: StatusServer | None = None
-    if config.metrics_listen is not None:
-        status = StatusServer(metrics, *config.metrics_listen)
-        await status.start()
-    receiver: Any = None
-    if config.notifier is not None:
-        await plugins["push_notifier"].start()
-        if config.ingest is not None:
-            from .notifier.ingest import AlertReceiver
-
-            receiver = AlertReceiver(plugins["push_notifier"], config.ingest)
-            await receiver.start()
+    keeper = StreamKeeper(xmpp, config.xmpp, metrics)
+    if ready is not None:
+        xmpp.add_event_handler("session_start", lambda _: ready.set())
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
-    gone = asyncio.Event()  # the stream ended (after a session or a refused handshake)
-
-    def on_session(_: object) -> None:
-        log.info("connected to %s:%s as %s", config.xmpp.host, config.xmpp.port,
-                 xmpp.boundjid)
-        if ready is not None:
-            ready.set()
-
-    xmpp.add_event_handler("session_start", on_session)
-    xmpp.add_event_handler("disconnected", lambda _: gone.set())
-    xmpp.add_event_handler("connection_failed", lambda error: log.warning(
-        "cannot connect to %s:%s: %s (retrying)", config.xmpp.host, config.xmpp.port, error))
-    xmpp.add_event_handler("stream_error", lambda error: log.error(
-        "the server closed the stream: %s %s", error["condition"], error["text"]))
-
-    async def stay_connected() -> None:
-        # slixmpp retries a failed TCP connect by itself; after a stream ends
-        # (the server restarted, or refused our handshake) we connect again.
-        delay = 1.0
-        while not stopping.is_set():
-            gone.clear()
-            began = loop.time()
-            log.info("connecting to %s:%s as %s", config.xmpp.host, config.xmpp.port,
-                     config.xmpp.jid)
-            if config.xmpp.mode == "component":
-                xmpp.connect()
-            else:
-                xmpp.connect(config.xmpp.host, config.xmpp.port)
-            await gone.wait()
-            if stopping.is_set():
-                return
-            if loop.time() - began > 60:
-                delay = 1.0  # it had been up a while: not a tight failure loop
-            log.warning("disconnected; reconnecting in %.0f s", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_DELAY)
-
-    keeper = asyncio.ensure_future(stay_connected())
+    started: list[Any] = []  # what to stop, in reverse order
+    connection: asyncio.Future[None] | None = None
     try:
+        await appserver.start()
+        started.append(appserver)
+        if config.metrics_listen is not None:
+            status = StatusServer(metrics, *config.metrics_listen)
+            await _listening("metrics.listen", config.metrics_listen, status.start())
+            started.append(status)
+        if config.notifier is not None:
+            await plugins["push_notifier"].start()
+            started.append(plugins["push_notifier"])
+            if config.ingest is not None:
+                from .notifier.ingest import AlertReceiver
+
+                receiver = AlertReceiver(plugins["push_notifier"], config.ingest)
+                started.append(receiver)  # its stop() also undoes a half-done start
+                await _listening("ingest.listen", (config.ingest.host, config.ingest.port),
+                                 receiver.start())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stopping.set)
+        connection = asyncio.ensure_future(keeper.run(stopping))
         await stopping.wait()
     finally:
-        log.info("stopping")
+        if connection is not None:
+            log.info("stopping")
         stopping.set()
-        if status is not None:
-            await status.stop()
-        if receiver is not None:
-            await receiver.stop()
-        if config.notifier is not None:
-            await plugins["push_notifier"].stop()
-        await appserver.stop()
+        keeper.close()
+        for part in reversed(started):
+            await part.stop()
         with contextlib.suppress(Exception):
             await xmpp.disconnect(wait=1.0)
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await keeper
+        if connection is not None:
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connection
+
+
+async def _listening(key: str, address: tuple[str, int], start: Awaitable[None]) -> None:
+    """Await a server's start; a port that cannot be bound is a ConfigError naming ``key``."""
+    try:
+        await start
+    except OSError as exc:
+        raise listen_error(key, *address, exc) from None

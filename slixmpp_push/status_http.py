@@ -3,7 +3,10 @@
     GET /metrics        Prometheus text exposition
     GET /health         JSON details; 200 when ready, 503 when not
     GET /health/live    200 while the process runs
-    GET /health/ready   200 when the XMPP stream is up and the store writable
+    GET /health/ready   200 when the XMPP stream answers pings and the store is writable (its
+                        journal within bound: see StoreStatus.problem), and no provider
+                        fails every request or has its credentials refused
+                        (ProviderHealth.problem)
 
 Deliberately tiny (no framework): one request per connection, GET/HEAD only,
 bounded request size and time, so a scraper or a port scanner cannot hurt

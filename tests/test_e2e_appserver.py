@@ -29,6 +29,7 @@ from fakes.fake_apns import FakeApns
 from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
 from servers import Connections, disconnect, make_account
+from tokens import fcm_token
 
 from slixmpp_push.devserver import DevServer, ProsodyServer
 
@@ -113,7 +114,7 @@ async def test_conversations_register_push_fcm(
     async with running_appserver(xmpp, xmpp_server, [app], tmp_path / "s.json") as server:
         phone = await xmpp.client(xmpp_server, alice, resource="conversations.AbCd")
         answer = await execute(phone, server.jid, "register-push-fcm", {
-            "token": "fcm-token-1", "android-id": "0123456789abcdef"})
+            "token": fcm_token("conversations"), "android-id": "0123456789abcdef"})
         assert set(answer) == {"jid", "node", "secret"}
         await enable(phone, server.jid, answer["node"][0], {"secret": answer["secret"][0]})
         await disconnect(phone)
@@ -123,7 +124,7 @@ async def test_conversations_register_push_fcm(
         assert record.headers["authorization"] == f"Bearer {fake_fcm.issued_token}"
         device = hashlib.sha1(f"{alice.jid}\0" "0123456789abcdef".encode()).hexdigest()
         assert record.body == {"message": {
-            "token": "fcm-token-1",
+            "token": fcm_token("conversations"),
             "data": {"account": device},
             "android": {"priority": "high", "ttl": f"{app.ttl}s",
                         "collapse_key": device[:6]},
@@ -165,7 +166,7 @@ async def test_stork_register_device_fcm(
     async with running_appserver(xmpp, xmpp_server, [app], tmp_path / "s.json") as server:
         phone = await xmpp.client(xmpp_server, alice, resource="stork")
         answer = await execute(phone, server.jid, "register-device", {
-            "provider": FCM_APP, "device-token": "stork-token-1"})
+            "provider": FCM_APP, "device-token": fcm_token("stork")})
         await enable(phone, server.jid, answer["node"][0])
         await disconnect(phone)
         await send_chat(xmpp, xmpp_server, bob, alice, "secret words")
@@ -174,7 +175,7 @@ async def test_stork_register_device_fcm(
         if is_prosody(xmpp_server):
             data["unread-messages"] = "1"
         assert record.body == {"message": {
-            "token": "stork-token-1",
+            "token": fcm_token("stork"),
             "data": data,
             "android": {"priority": "high", "ttl": f"{app.ttl}s",
                         "collapse_key": conversation_key(FCM_APP, alice.jid)},

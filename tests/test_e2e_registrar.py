@@ -21,6 +21,7 @@ from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
 from servers import Account, Connections, disconnect, make_account
 from slixmpp import ClientXMPP
+from tokens import fcm_token
 
 import slixmpp_push  # noqa: F401  (registers the plugins)
 from slixmpp_push import Store, TinyDBStore
@@ -40,7 +41,7 @@ class Case:
     fcm: bool = False
 
     def token(self, n: int = 1) -> str:
-        return f"{n:02x}{self.dialect.replace('-', '')}" * 4 if self.fcm else f"{n:04x}" * 16
+        return fcm_token(f"{self.dialect} {n}") if self.fcm else f"{n:04x}" * 16
 
 
 CASES = {

@@ -50,6 +50,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slixmpp.test import SlixTest
 from slixmpp.xmlstream.tostring import tostring
+from tokens import apns_token
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
 from slixmpp_push import (
@@ -398,7 +399,8 @@ KNOWN_FIELDS = sorted({f for fields in FIELDS_OF.values() for f in fields} | {"d
 FIELD_TYPES = ["text-single", "text-multi", "text-private", "hidden", "boolean", "fixed",
                "jid-single", "jid-multi", "list-single", "list-multi", "bogus", None]
 FORM_KINDS = ["submit"] * 5 + ["", "form", "cancel", "result", "bogus", None]
-COMMAND_CONDITIONS = {"bad-request", "item-not-found", "forbidden"}
+# policy-violation: a new device past the account's limit (random android-ids add up).
+COMMAND_CONDITIONS = {"bad-request", "item-not-found", "forbidden", "policy-violation"}
 command_values = st.one_of(
     st.sampled_from([APNS, FCM, MONAL, "apns", "fcm", "gcm", "", "nope",
                      "room@conference.localhost", "@@", "a@b/c@d", "x" * 3000,
@@ -533,7 +535,7 @@ class TestSlowRegistration(StreamFuzz):
 
     def test_registration_slower_than_a_second(self) -> None:
         form = (f"<x xmlns='{DATA}' type='submit'><field var='provider'><value>{APNS}</value>"
-                "</field><field var='device-token'><value>slow-1</value></field></x>")
+                f"</field><field var='device-token'><value>{apns_token(1)}</value></field></x>")
         reply = self.command("alice@localhost/phone",
                              command_xml("register-device", "execute", None, form))
         self.assertEqual(reply.get("type"), "result")
@@ -543,7 +545,7 @@ class TestSlowRegistration(StreamFuzz):
         assert session is not None
         reply = self.command("alice@localhost/phone", command_xml(
             "register-device", "complete", session.get("sessionid"),
-            form.replace("slow-1", "slow-2")))
+            form.replace(apns_token(1), apns_token(2))))
         self.assertEqual(error_of(reply)[1], "", "a stored registration answered with an error")
         self.wait_(1.5)
         self.assertEqual(self.xmpp.plugin["xep_0050"].sessions, {}, "sessions leaked")
@@ -553,7 +555,8 @@ class TestSlowRegistration(StreamFuzz):
 SECTION_KEYS: dict[str, list[str]] = {
     "xmpp": ["mode", "jid", "host", "port", "secret", "secret_file", "secret_env", "password",
              "password_file", "password_env"],
-    "appserver": ["store", "allowed_domains", "remote_disable"],
+    "appserver": ["store", "allowed_domains", "remote_disable", "max_registrations_per_account",
+                  "max_group_chats_per_device"],
     "delivery": ["reply_within", "retry_base", "retry_max_delay", "give_up_after",
                  "max_pending", "rate_burst", "rate_interval"],
     "logging": ["level", "format"],
@@ -585,7 +588,9 @@ GOOD_VALUES: dict[str, list[Any]] = {
 for _name in ("secret_file", "password_file", "key_file", "cert_file", "ca_file",
               "service_account_file"):
     GOOD_VALUES[_name] = FILE_NAMES
-for _name in SECTION_KEYS["delivery"] + ["timeout", "ttl", "call_ttl", "max_connections"]:
+for _name in SECTION_KEYS["delivery"] + ["timeout", "ttl", "call_ttl", "max_connections",
+                                         "max_registrations_per_account",
+                                         "max_group_chats_per_device"]:
     GOOD_VALUES[_name] = [0, 1, -1, 0.5, 2, 10**20, math.inf, -math.inf, math.nan, True]
 GOOD_VALUES["port"] += [True, 5347.0]
 

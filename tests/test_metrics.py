@@ -15,6 +15,7 @@ from slixmpp_push.errors import ConfigError
 from slixmpp_push.logs import RedactingFilter, redact
 from slixmpp_push.metrics import Metrics
 from slixmpp_push.status_http import StatusServer
+from slixmpp_push.store import StoreStatus
 
 
 async def http(port: int, request: bytes) -> tuple[int, bytes]:
@@ -59,8 +60,12 @@ async def test_metrics_and_health_endpoints() -> None:
         assert details["providers"]["ios"]["consecutive_failures"] == 1
         metrics.set_connected(True)
         assert (await http(server.port, b"GET /health/ready HTTP/1.1\r\n\r\n"))[0] == 200
-        metrics.store_result(False, "disk full")
-        assert (await http(server.port, b"GET /health HTTP/1.1\r\n\r\n"))[0] == 503
+        store = StoreStatus()
+        metrics.watch_store(store)
+        store.write_failed("disk full")
+        status, body = await http(server.port, b"GET /health HTTP/1.1\r\n\r\n")
+        assert status == 503
+        assert json.loads(body)["store"]["problem"] == "store not writable: disk full"
         assert (await http(server.port, b"GET /health/live HTTP/1.1\r\n\r\n"))[0] == 200
         assert (await http(server.port, b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
         assert (await http(server.port, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == 405

@@ -9,10 +9,12 @@ import unittest
 from fakes.scripted import ScriptedProvider
 from slixmpp.test import SlixTest
 from stream_support import AppServerStreamTest
+from tokens import apns_token, fcm_token
 
 import slixmpp_push  # noqa: F401  (registers the plugin)
 from slixmpp_push import AppConfig, DeliveryResult, MemoryStore, Outcome
 
+TOKEN = apns_token("alice's phone")
 APPS = [
     AppConfig(id="tigase:messenger:apns:1", type="console", topic="org.tigase.messenger"),
     AppConfig(id="fcm-xmpp-api", type="console", format="fcm"),
@@ -71,7 +73,7 @@ class TestAppServerStream(AppServerStreamTest):
 
     def register_tigase(
         self,
-        token: str = "aabbcc",
+        token: str = TOKEN,
         frm: str = "alice@localhost/phone",
     ) -> str:
         self.recv(
@@ -80,7 +82,7 @@ class TestAppServerStream(AppServerStreamTest):
                 {
                     "provider": APPS[0].id,
                     "device-token": token,
-                    "device-second-token": "voip" + token,
+                    "device-second-token": apns_token("voip " + token),
                 },
                 frm,
             )
@@ -108,7 +110,7 @@ class TestAppServerStream(AppServerStreamTest):
 
     # -- Tigase dialect --------------------------------------------------------------
     def test_tigase_register_answers_node_and_features(self) -> None:
-        self.recv(command("register-device", {"provider": APPS[0].id, "device-token": "aabbcc"}))
+        self.recv(command("register-device", {"provider": APPS[0].id, "device-token": TOKEN}))
         raw = self.sent_raw()
         values = self.form_values(raw)
         self.assertGreaterEqual(len(values["node"]), 12)
@@ -122,9 +124,9 @@ class TestAppServerStream(AppServerStreamTest):
         self.assertIsNone(registration.secret)
 
     def test_same_device_keeps_node_other_account_gets_its_own(self) -> None:
-        first = self.register_tigase("aabbcc")
-        again = self.register_tigase("aabbcc")
-        other = self.register_tigase("aabbcc", frm="mallory@localhost/x")
+        first = self.register_tigase(TOKEN)
+        again = self.register_tigase(TOKEN)
+        other = self.register_tigase(TOKEN, frm="mallory@localhost/x")
         self.assertEqual(first, again)
         self.assertNotEqual(first, other)
         self.assertEqual(self.store.get(first).account, "alice@localhost")  # type: ignore
@@ -137,7 +139,7 @@ class TestAppServerStream(AppServerStreamTest):
         self.assertIn("device-token", raw)
 
     def test_unknown_provider_is_refused(self) -> None:
-        self.recv(command("register-device", {"provider": "nope", "device-token": "x"}))
+        self.recv(command("register-device", {"provider": "nope", "device-token": TOKEN}))
         raw = self.sent_raw()
         self.assertIn("item-not-found", raw)
         self.assertIn("nope", raw)
@@ -146,7 +148,7 @@ class TestAppServerStream(AppServerStreamTest):
         self.recv(
             command(
                 "register-device",
-                {"provider": APPS[0].id, "device-token": "x"},
+                {"provider": APPS[0].id, "device-token": TOKEN},
                 frm="eve@elsewhere.example/x",
             )
         )
@@ -155,11 +157,11 @@ class TestAppServerStream(AppServerStreamTest):
         self.assertEqual(len(self.store), 0)
 
     def test_only_the_owner_may_unregister(self) -> None:
-        node = self.register_tigase("aabbcc")
+        node = self.register_tigase(TOKEN)
         self.recv(
             command(
                 "unregister-device",
-                {"provider": APPS[0].id, "device-token": "aabbcc"},
+                {"provider": APPS[0].id, "device-token": TOKEN},
                 frm="mallory@localhost/x",
                 iq_id="u1",
             )
@@ -168,7 +170,7 @@ class TestAppServerStream(AppServerStreamTest):
         self.assertIsNotNone(self.store.get(node))
         self.recv(
             command(
-                "unregister-device", {"provider": APPS[0].id, "device-token": "aabbcc"}, iq_id="u2"
+                "unregister-device", {"provider": APPS[0].id, "device-token": TOKEN}, iq_id="u2"
             )
         )
         self.assertIn('status="completed"', self.sent_raw())
@@ -191,7 +193,7 @@ class TestAppServerStream(AppServerStreamTest):
 
     # -- p2 dialect -----------------------------------------------------------------
     def test_p2_register_answers_jid_node_secret(self) -> None:
-        self.recv(command("register-push-fcm", {"token": "fcmtok", "android-id": "dev1"}))
+        self.recv(command("register-push-fcm", {"token": fcm_token(1), "android-id": "dev1"}))
         values = self.form_values(self.sent_raw())
         self.assertEqual(values["jid"], "push.localhost")
         self.assertGreaterEqual(len(values["node"]), 12)
@@ -202,17 +204,18 @@ class TestAppServerStream(AppServerStreamTest):
         self.assertEqual(len(registration.device_key or ""), 40)
         # Same device, new token: same node and secret, token updated.
         self.recv(
-            command("register-push-fcm", {"token": "fcmtok2", "android-id": "dev1"}, iq_id="reg2")
+            command("register-push-fcm", {"token": fcm_token(2), "android-id": "dev1"},
+                    iq_id="reg2")
         )
         again = self.form_values(self.sent_raw())
         self.assertEqual((again["node"], again["secret"]), (values["node"], values["secret"]))
-        self.assertEqual(self.store.get(values["node"]).token, "fcmtok2")  # type: ignore
+        self.assertEqual(self.store.get(values["node"]).token, fcm_token(2))  # type: ignore
 
     def test_p2_unregister_by_android_id_and_channel(self) -> None:
         self.recv(
             command(
                 "register-push-fcm",
-                {"token": "t", "android-id": "dev1", "muc": "room@conference.localhost"},
+                {"token": fcm_token(1), "android-id": "dev1", "muc": "room@conference.localhost"},
             )
         )
         node = self.form_values(self.sent_raw())["node"]
@@ -229,7 +232,8 @@ class TestAppServerStream(AppServerStreamTest):
 
     # -- v1 dialect -----------------------------------------------------------------
     def test_v1_register_and_unregister(self) -> None:
-        self.recv(command("v1-register-push", {"type": "fcm", "node": "my-device", "token": "tok"}))
+        self.recv(command("v1-register-push",
+                          {"type": "fcm", "node": "my-device", "token": fcm_token(1)}))
         values = self.form_values(self.sent_raw())
         self.assertEqual(set(values), {"jid", "node", "secret"})
         self.recv(
@@ -271,7 +275,7 @@ class TestAppServerStream(AppServerStreamTest):
         self.assertEqual(self.scripted.sent, [])
 
     def test_wrong_secret_is_not_authorized(self) -> None:
-        self.recv(command("register-push-apns", {"token": "t", "android-id": "d"}))
+        self.recv(command("register-push-apns", {"token": TOKEN, "android-id": "d"}))
         values = self.form_values(self.sent_raw())
         self.recv(publish(values["node"], secret="wrong"))
         raw = self.sent_raw()
@@ -328,7 +332,7 @@ class TestAppServerStream(AppServerStreamTest):
         self.assertNotIn(node, self.store.table("pending"))
 
     def test_call_goes_to_the_voip_token(self) -> None:
-        node = self.register_tigase("aabbcc")
+        node = self.register_tigase(TOKEN)
         self.recv(
             publish(
                 node,
@@ -342,7 +346,7 @@ class TestAppServerStream(AppServerStreamTest):
         )
         self.assertIn('type="result"', self.sent_raw())
         request = self.scripted.sent[0]
-        self.assertEqual(request.token, "voipaabbcc")
+        self.assertEqual(request.token, apns_token("voip " + TOKEN))
         self.assertEqual(request.topic, "org.tigase.messenger.voip")  # type: ignore
         self.assertEqual(request.push_type, "voip")  # type: ignore
         self.assertEqual(

@@ -9,6 +9,12 @@ per-node rate limit is coalesced instead of dropped.
 
 Transient failures are retried with exponential backoff and full jitter,
 honouring the provider's Retry-After, for at most ``give_up_after`` seconds.
+
+The pending table holds at most ``max_pending`` notifications, on every path
+that adds to it (a throttled or coalesced publish, a slow provider, a failed
+first attempt): a notification that would be the one too many is refused with
+:class:`QueueFull` before anything is answered, so the publish gets ``wait``
+(its server keeps the registration) and nothing answered ``result`` is dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 from ..config import DeliveryPolicy
 from ..errors import DeliveryResult, Outcome, StoreError
-from ..logs import loggable_node
+from ..logs import LogSampler, loggable_node
 from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..payloads import build_request
@@ -105,13 +111,16 @@ class RateLimiter:
 
 
 def _log_failure(task: asyncio.Task[DeliveryResult]) -> None:
-    if not task.cancelled() and task.exception() is not None:
+    # A store failure is not logged per notification: StoreStatus logs it once;
+    # nor a full queue: Delivery counts it and samples its log line.
+    if not task.cancelled() and task.exception() is not None \
+            and not isinstance(task.exception(), StoreError | QueueFull):
         log.error("delivery failed: %s", task.exception())
 
 
 def _log_store_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
-        log.warning("cannot clear a pending notification: %s", future.exception())
+        log.debug("cannot clear a pending notification: %s", future.exception())
 
 
 DeadTokenHandler = Callable[[Registration, DeliveryResult], Awaitable[None]]
@@ -135,6 +144,7 @@ class Delivery:
         self._inflight: dict[str, asyncio.Task[DeliveryResult]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
+        self._full_log = LogSampler(log)
 
     # -- life cycle -----------------------------------------------------------------
     def resume(self) -> None:
@@ -206,8 +216,8 @@ class Delivery:
         """Make ``notification`` the node's durable pending notification."""
         node = registration.node
         old = self._pending.get(node)
-        if old is None and len(self._pending) >= self.policy.max_pending:
-            raise QueueFull(f"{len(self._pending)} notifications pending")
+        if old is None:
+            self._make_room()
         if old is not None and not replace_newer and old.notification is not notification:
             return
         now = time.time()
@@ -221,10 +231,7 @@ class Delivery:
         self._pending[node] = entry
         try:
             await self.store.set_doc(PENDING, node, entry.to_doc())
-            if not self.metrics.store_writable:
-                self.metrics.store_result(True)  # it recovered (disk space freed)
-        except StoreError as exc:
-            self.metrics.store_result(False, str(exc))
+        except StoreError:  # logged once by the store, answered 'wait' by the caller
             if self._pending.get(node) is entry:
                 if old is None:
                     del self._pending[node]
@@ -289,6 +296,8 @@ class Delivery:
         mine = entry is not None and entry.notification is notification
         if result.outcome is Outcome.RETRY:
             if entry is None or mine:
+                if entry is None:  # a first attempt failed: it would be a new entry
+                    self._make_room()
                 attempts = entry.attempts + 1 if entry else 1
                 first = entry.first_queued if entry else notification.received_at or time.time()
                 if time.time() - first > self.policy.give_up_after:
@@ -319,6 +328,18 @@ class Delivery:
         if mine:
             await self._forget(node)
 
+    def _make_room(self) -> None:
+        """Raise :class:`QueueFull` (counted, its log line sampled) if a new entry
+        would pass ``max_pending``."""
+        if len(self._pending) < self.policy.max_pending:
+            return
+        self.stats["queue_full"] += 1
+        self.metrics.queue_full.inc()
+        self._full_log.log(logging.WARNING, "full",
+                           "%d notifications pending ([delivery] max_pending): refusing new "
+                           "ones with 'wait' until the queue drains", len(self._pending))
+        raise QueueFull(f"{len(self._pending)} notifications pending")
+
     async def _forget(self, node: str) -> None:
         self._pending.pop(node, None)
         timer = self._timers.pop(node, None)
@@ -327,8 +348,8 @@ class Delivery:
         try:
             await self.store.set_doc(PENDING, node, None)
         except StoreError as exc:  # it will be delivered again after a restart: harmless
-            log.warning("node %s: cannot clear a pending notification: %s",
-                        loggable_node(node), exc)
+            log.debug("node %s: cannot clear a pending notification: %s",
+                      loggable_node(node), exc)
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         ceiling = min(self.policy.retry_max_delay, self.policy.retry_base * 2 ** (attempts - 1))

@@ -13,7 +13,12 @@ command node             clients                answer (result form fields)
 =======================  =====================  ===============================
 
 A command executed with a submitted form completes at once; executed without
-one, it answers with the form to fill in. Errors name the field at fault.
+one, it answers with the form to fill in. Errors name the field at fault:
+every field is at most 4096 bytes, and a device token must have the shape of
+its app's tokens (APNs hex, FCM's alphabet and length: :mod:`slixmpp_push.limits`),
+so that a token that can never work is refused here, not retried against
+Apple or Google for a day. A new device beyond the account's limits is
+refused with ``cancel/policy-violation``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from slixmpp import JID, Iq
 from slixmpp.exceptions import XMPPError
 from slixmpp.plugins.xep_0004 import Form
 
+from ..limits import MAX_FIELD_BYTES, quoted, token_problem, too_long
 from ..models import Dialect, Registration
 from ..xep_0357.stanza import NS_ENCRYPT, NS_ENCRYPT_AES_GCM, NS_JINGLE, NS_PRIORITY
+from .registrations import RegistrationLimit
 
 if TYPE_CHECKING:
     from .plugin import PushAppServer
@@ -61,6 +68,12 @@ def _require(values: Values, *names: str) -> list[str]:
     return [values[name] for name in names]
 
 
+def _check_token(fmt: str, field: str, token: str) -> None:
+    problem = token_problem(fmt, token)
+    if problem is not None:
+        raise _bad_request(f"field '{field}': {problem}")
+
+
 def _app_for_format(server: PushAppServer, fmt: str, asked: str) -> str:
     app = server.app_for_format(fmt)
     if app is None:
@@ -80,11 +93,16 @@ async def _tigase_register(server: PushAppServer, sender: JID, values: Values,
     provider, token = _require(values, "provider", "device-token")
     if provider not in server.app_index:
         raise XMPPError("item-not-found", etype="cancel",
-                        text=f"field 'provider': no app with provider id {provider!r}")
+                        text=f"field 'provider': no app with provider id {quoted(provider)}")
+    fmt = server.app_index[provider].request_format
+    second = values.get("device-second-token") or None
+    _check_token(fmt, "device-token", token)
+    if second is not None:  # Siskin's PushKit (VoIP) token: the same shape
+        _check_token(fmt, "device-second-token", second)
     registration = await server.registrations.register(
         account=sender.bare, domain=sender.domain, app=provider, token=token,
         dialect=Dialect.TIGASE, with_secret=False,
-        voip_token=values.get("device-second-token") or None)
+        voip_token=second)
     server.registered(registration)
     return [("node", registration.node), ("features", list(TIGASE_FEATURES)),
             ("max-payload-size", str(MAX_PAYLOAD_SIZE))]
@@ -107,7 +125,7 @@ def _p2_device(values: Values) -> tuple[str, str | None]:
         try:
             channel = JID(channel).bare
         except Exception:
-            raise _bad_request(f"field 'muc' is not a JID: {channel!r}") from None
+            raise _bad_request(f"field 'muc' is not a JID: {quoted(channel)}") from None
     return device, channel
 
 
@@ -117,6 +135,7 @@ def _p2_register(fmt: str) -> Handler:
         (token,) = _require(values, "token")
         device, channel = _p2_device(values)
         app = _app_for_format(server, fmt, f"register-push-{fmt}")
+        _check_token(fmt, "token", token)
         registration = await server.registrations.register(
             account=sender.bare, domain=sender.domain, app=app, token=token,
             dialect=Dialect.P2, with_secret=True, device_id=device, channel=channel)
@@ -146,8 +165,10 @@ def _v1_app(server: PushAppServer, values: Values) -> str:
 async def _v1_register(server: PushAppServer, sender: JID, values: Values,
                        ) -> list[tuple[str, Any]]:
     device, token = _require(values, "node", "token")
+    app = _v1_app(server, values)
+    _check_token(values["type"], "token", token)
     registration = await server.registrations.register(
-        account=sender.bare, domain=sender.domain, app=_v1_app(server, values), token=token,
+        account=sender.bare, domain=sender.domain, app=app, token=token,
         dialect=Dialect.V1, with_secret=True, device_id=device)
     server.registered(registration)
     return _credentials(server, registration)
@@ -178,6 +199,19 @@ COMMANDS = (
     Command("v1-unregister-push", "Unregister a device (v1)", ("type", "node"), (),
             _v1_unregister),
 )
+
+
+async def run_command(command: Command, server: PushAppServer, sender: JID, values: Values,
+                      ) -> list[tuple[str, Any]]:
+    """Run ``command`` on a submitted form: fields bounded on the way in, the
+    account's registration limits answered as an XMPP error on the way out."""
+    for var, value in values.items():
+        if too_long(value):
+            raise _bad_request(f"field {quoted(var)}: longer than {MAX_FIELD_BYTES} bytes")
+    try:
+        return await command.run(server, sender, values)
+    except RegistrationLimit as exc:
+        raise XMPPError("policy-violation", etype="cancel", text=str(exc)) from None
 
 
 def submitted_values(iq: Iq) -> Values | None:

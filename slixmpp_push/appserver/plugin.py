@@ -29,6 +29,10 @@ Config keys (``register_plugin('push_appserver', {...})``):
     Bare JIDs besides the registration's own server that may publish to any
     node (a paging bot publishing as an XEP-0357 publisher); the node's secret
     is still required.
+``limits``
+    A :class:`~slixmpp_push.config.RegistrationLimits`: devices per account (default
+    20) and group-chat registrations per device (default 100). A new registration
+    beyond them is refused with ``cancel/policy-violation``.
 ``admins``
     Bare JIDs allowed to run ``send-notification`` (administrator notices,
     :mod:`~slixmpp_push.appserver.notices`); the command is offered only when set,
@@ -46,7 +50,11 @@ Events: ``push_registered`` and ``push_unregistered`` (a Registration),
 ``push_test_sent`` (a :class:`~slixmpp_push.appserver.selftest.SelfTestReport`).
 
 Log lines never carry a token-shaped node (Monal's node is its APNs token) in
-full: see :func:`~slixmpp_push.logs.loggable_node`.
+full: see :func:`~slixmpp_push.logs.loggable_node`. Refused publishes and
+commands are bad input anyone can send at any rate: they are counted in
+metrics (``publishes_total``, ``commands_total``) and their log lines sampled
+per kind (:class:`~slixmpp_push.logs.LogSampler`), so a flood costs no more
+than good traffic.
 """
 
 from __future__ import annotations
@@ -63,14 +71,15 @@ from typing import Any
 from slixmpp import JID, ComponentXMPP, Iq
 from slixmpp.exceptions import XMPPError
 from slixmpp.plugins.base import BasePlugin
-from slixmpp.stanza import Message
+from slixmpp.stanza import Error, Message
 from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..config import AppConfig
-from ..errors import DeliveryResult
-from ..logs import loggable_node
+from ..errors import DeliveryResult, StoreError
+from ..limits import quoted, token_problem
+from ..logs import LogSampler, loggable_node
 from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..providers import Provider, create_provider
@@ -79,7 +88,7 @@ from ..xep_0357.publish import MalformedPublish, parse_publish
 from ..xep_0357.stanza import NS, register_stanzas
 from .adhoc import COMMANDS_NS, withdraw_command
 from .delivery import Delivery, DeliveryPolicy, QueueFull, Submitted
-from .dialects import COMMANDS, Command, empty_form, result_form, submitted_values
+from .dialects import COMMANDS, Command, empty_form, result_form, run_command, submitted_values
 from .echoes import EchoGuard
 from .notices import register_notice_command, withdraw_notice_command
 from .registrations import Registrations
@@ -91,6 +100,8 @@ _PUBLISH_XPATH = "{%s}iq/{http://jabber.org/protocol/pubsub}pubsub/" \
                  "{http://jabber.org/protocol/pubsub}publish"
 _STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 MONAL_MODULE_OPTION = "pushModule"
+#: The text of the 'wait' error answered while the store cannot write.
+STORE_TROUBLE = "the app server cannot store %s right now (try again later)"
 
 
 @dataclass(slots=True, frozen=True)
@@ -120,18 +131,23 @@ class PushAppServer(BasePlugin):
         "metrics": None,
         "admins": (),
         "trusted_publishers": (),
+        "limits": None,
     }
 
     # -- life cycle -------------------------------------------------------------
     def plugin_init(self) -> None:
         register_stanzas()
+        # slixmpp's Error knows RFC 3920's conditions: without RFC 6120's
+        # policy-violation (a registration past the account's limit) it would
+        # send feature-not-implemented instead.
+        Error.conditions.add("policy-violation")
         apps: Sequence[AppConfig] = self.config.get("apps") or ()
         self.app_index: dict[str, AppConfig] = {app.id: app for app in apps}
         store = self.config.get("store")
         if store is None or isinstance(store, str):
             store = TinyDBStore(store or "slixmpp-push.json")
         self.store: Store = store
-        self.registrations = Registrations(self.store)
+        self.registrations = Registrations(self.store, self.config.get("limits"))
         self.providers: dict[str, Provider] = dict(self.config.get("providers") or {})
         for app in apps:
             if app.id not in self.providers:
@@ -140,7 +156,11 @@ class PushAppServer(BasePlugin):
             self.app_index.setdefault(provider.id, provider.app)
         self.metrics: Metrics = self.config.get("metrics") or Metrics()
         self.metrics.watch_registrations(self.store.count_by_app)
+        self.metrics.watch_store(self.store.status)
         self.echoes = EchoGuard()
+        # Refused publishes and commands: sampled per kind, counted in metrics, so
+        # that a flood of bad input costs no log line per stanza.
+        self.refusals = LogSampler(log)
         self.delivery = Delivery(self.store, self.providers,
                                  self.config.get("delivery") or DeliveryPolicy(),
                                  self._on_dead_token, self.metrics)
@@ -273,7 +293,7 @@ class PushAppServer(BasePlugin):
     def app_for_format(self, fmt: str) -> str | None:
         """The first configured app whose requests have ``fmt`` ("apns" or "fcm")."""
         for app in self.app_index.values():
-            if (app.format or ("apns" if app.type == "console" else app.type)) == fmt:
+            if app.request_format == fmt:
                 return app.id
         return None
 
@@ -321,11 +341,19 @@ class PushAppServer(BasePlugin):
         async def complete(form: Any, session: dict[str, Any],
                            values: dict[str, str] | None = None) -> dict[str, Any]:
             try:
-                return await run(form, session, values)
+                answer = await run(form, session, values)
+            except XMPPError as error:
+                self.metrics.command_answered(command.node, error.condition)
+                raise
+            except BaseException:
+                self.metrics.command_answered(command.node, "undefined-condition")
+                raise
             finally:
                 # After the work, however long it took (xep_0050 keeps a
                 # completed session forever otherwise).
                 self._expire_session(session)
+            self.metrics.command_answered(command.node, "completed")
+            return answer
 
         async def run(form: Any, session: dict[str, Any],
                       values: dict[str, str] | None) -> dict[str, Any]:
@@ -342,10 +370,18 @@ class PushAppServer(BasePlugin):
                     raise XMPPError("forbidden", etype="auth",
                                     text=f"accounts of {sender.domain} may not register here")
                 await self.start()
-                fields = await command.run(self, sender, values)
+                fields = await run_command(command, self, sender, values)
+            except StoreError:
+                # Transient (a full disk): 'wait', never 'cancel', so that the client
+                # may retry; logged once by the store (StoreStatus), not per request.
+                raise XMPPError("internal-server-error", etype="wait",
+                                text=STORE_TROUBLE % "registrations") from None
             except XMPPError as error:
-                log.info("%s from %s refused: %s (%s)", command.node, sender.bare,
-                         error.condition, error.text)
+                level = logging.WARNING if error.condition == "policy-violation" \
+                    else logging.INFO  # an account at its limit may need a higher one
+                self.refusals.log(level, f"{command.node} {error.condition}",
+                                  "%s from %s refused: %s (%s)", command.node, sender.bare,
+                                  error.condition, error.text)
                 raise
             session["payload"] = result_form(self, fields)
             session["next"] = None
@@ -369,6 +405,7 @@ class PushAppServer(BasePlugin):
         publisher = xml.get("from", "")
         if kind != "set":
             self._reply_error(xml, "modify", "bad-request", "a publish is an iq of type set")
+            self.metrics.published("unknown", "bad-request")
             return
         submitted: Submitted | None = None
         node = ""
@@ -396,18 +433,23 @@ class PushAppServer(BasePlugin):
             answer = "result"
         except XMPPError as error:
             answer = error.condition
-            log.info("publish to node %s from %s refused: %s (%s)", loggable_node(node) or "?",
-                     publisher,
-                     error.condition, error.text)
+            self.refusals.log(logging.INFO, f"publish {answer}",
+                              "publish to node %s from %s refused: %s (%s)",
+                              loggable_node(node) or "?", publisher, answer, error.text)
             self._reply_error(xml, error.etype, error.condition, error.text)
         except MalformedPublish as error:
             answer = "bad-request"
-            log.info("malformed publish from %s: %s", publisher, error)
+            self.refusals.log(logging.INFO, "publish malformed", "malformed publish from %s: %s",
+                              publisher, error)
             self._reply_error(xml, "modify", "bad-request", str(error))
         except QueueFull:
             answer = "internal-server-error"
             self._reply_error(xml, "wait", "internal-server-error", "push queue is full")
-        except Exception:  # store trouble, a bug: never acknowledge what we did not keep
+        except StoreError:  # a full disk: logged once by the store, not per publish
+            answer = "internal-server-error"
+            self._reply_error(xml, "wait", "internal-server-error",
+                              STORE_TROUBLE % "notifications")
+        except Exception:  # a bug: never acknowledge what we did not keep
             log.exception("publish to node %s failed", loggable_node(node))
             answer = "internal-server-error"
             self._reply_error(xml, "wait", "internal-server-error", None)
@@ -445,6 +487,9 @@ class PushAppServer(BasePlugin):
             raise XMPPError("item-not-found", etype="cancel", text="unknown node")
         if not self.domain_allowed(publisher.domain):
             raise XMPPError("forbidden", etype="auth", text="server not served here")
+        problem = token_problem("apns", node)  # Monal's node is its APNs token
+        if problem is not None:
+            raise XMPPError("bad-request", etype="modify", text=f"node: {problem}")
         if node in self.store.table(DEAD_TOKENS):
             raise XMPPError("item-not-found", etype="cancel", text="device token expired")
         for app in self.app_index.values():
@@ -452,7 +497,8 @@ class PushAppServer(BasePlugin):
                 return Registration(node=node, account=publisher.domain,
                                     domain=publisher.domain, app=app.id, token=node,
                                     dialect=Dialect.MONAL)
-        raise XMPPError("bad-request", etype="cancel", text=f"unknown pushModule {module!r}")
+        raise XMPPError("bad-request", etype="cancel",
+                        text=f"unknown pushModule {quoted(module)}")
 
     def _reply_result(self, request: Any) -> None:
         # Built by hand: iq.reply() deep-copies the request, a third of our CPU.

@@ -5,18 +5,41 @@ is the only network call; Apple's answer becomes a
 :class:`~slixmpp_push.errors.DeliveryResult` through the policy table in the
 class constants (what counts as a dead token, what is worth retrying).
 
-aioapns is used as is, except for one protocol subclass (:class:`ApnsClientProtocol`)
-set on the client's connection pool, which
+aioapns speaks HTTP/2 for us (its protocol class); the rest is ours, because
+stock aioapns fails quietly and expensively under faults:
 
-- connects to ``endpoint`` ("host:port") instead of Apple when configured
-  (aioapns has no host/port argument: they are protocol class attributes);
-- returns HTTP/2 flow-control credit, which stock aioapns never does (see
-  :class:`_CreditReturningH2Connection`);
-- releases the HTTP/2 stream of a request abandoned by our timeout, and
-  forgets finished streams (stock aioapns keeps one entry per successful push
-  for the life of the connection);
-- remembers the last ``Date`` response header and why the connection was lost,
-  for :meth:`ApnsProvider.probe` (``slixmpp-push doctor``).
+- :class:`ApnsConnectionPool` replaces aioapns's pool. aioapns tries five
+  connections per notification, one second apart, logging two lines each, and
+  then reports ``MaxAttemptsExceeded`` (we saw "Timeout": our deadline came
+  first). Ours makes one attempt, names its cause (connection refused, TLS
+  verify failed, timeout connecting), backs off reconnecting while the cause
+  lasts, and breaks the reference cycles a failed connection leaves behind (an
+  exception's traceback holding the frame holding the future holding the
+  exception): without that, every failed TLS handshake kept its transport and
+  asyncio's 256 KiB SSL buffer alive until a full garbage collection, and a
+  30 s fault left the process 200 MB larger for good.
+- :class:`ProviderToken`: one JWT for the whole app, where aioapns signs one
+  per connection (connection churn became token churn, which Apple answers with
+  429 TooManyProviderTokenUpdates). It is re-signed every 30 minutes, or when
+  Apple refuses it (403 ExpiredProviderToken / InvalidProviderToken), but never
+  sooner than 20 minutes after the last one, as Apple asks.
+- :class:`ApnsClientProtocol`, set as the pool's protocol class, which
+
+  - connects to ``endpoint`` ("host:port") instead of Apple when configured;
+  - returns HTTP/2 flow-control credit, which stock aioapns never does (see
+    :class:`_CreditReturningH2Connection`);
+  - releases the HTTP/2 stream of a request abandoned by our timeout, and
+    forgets finished streams (stock aioapns keeps one entry per successful push
+    for the life of the connection);
+  - reads ``Retry-After`` (aioapns drops the response headers);
+  - forgets every request when the connection is lost, so that a reset
+    connection is freed at once rather than by the cycle collector;
+  - remembers the last ``Date`` response header and why the connection was lost,
+    for :meth:`ApnsProvider.probe` (``slixmpp-push doctor``).
+
+Refused credentials pause the app (:meth:`Provider.pause`): no request is made
+until a fresh token may be signed, then one trial request at a time, so a
+revoked key costs a few requests an hour rather than a retry storm for a day.
 
 Config keys used (``AppConfig``): ``topic``, ``sandbox``, ``key_file`` +
 ``key_id`` + ``team_id`` (token auth) or ``cert_file`` (certificate auth),
@@ -26,28 +49,47 @@ Config keys used (``AppConfig``): ``topic``, ``sandbox``, ``key_file`` +
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
+import math
 import socket
 import ssl
 import time
+import traceback
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aioapns import APNs, NotificationRequest, PushType
+import jwt
+from aioapns import NotificationRequest, PushType
 from aioapns.common import NotificationResult
-from aioapns.connection import APNsTLSClientProtocol
-from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
-from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from aioapns.connection import (
+    APNsBaseClientProtocol,
+    APNsBaseConnectionPool,
+    APNsTLSClientProtocol,
+    AuthorizationHeaderProvider,
+)
+from aioapns.exceptions import ConnectionClosed
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived
-from h2.exceptions import ProtocolError
+from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 
 from ..errors import ConfigError, DeliveryResult, Outcome
-from .base import ApnsRequest, ProbeResult, ProbeStatus, Provider, PushRequest, clock_offset
+from .base import (
+    AUTH_REJECTED,
+    CERT_REFUSED,
+    CLOSED,
+    TIMEOUT,
+    ApnsRequest,
+    ProbeResult,
+    ProbeStatus,
+    Provider,
+    PushRequest,
+    clock_offset,
+    parse_retry_after,
+    transport_reason,
+)
 
 if TYPE_CHECKING:
     from h2.events import Event
@@ -55,7 +97,8 @@ if TYPE_CHECKING:
 
     from ..config import AppConfig
 
-__all__ = ["ApnsClientProtocol", "ApnsProvider"]
+__all__ = ["ApnsClientProtocol", "ApnsConnectError", "ApnsConnectionPool", "ApnsProvider",
+           "ProviderToken"]
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +133,33 @@ class ApnsProvider(Provider):
     )
     #: Throttling (429) and Apple's own trouble (5xx): try again later.
     RETRY_STATUSES: ClassVar[frozenset[int]] = frozenset({429, 500, 502, 503, 504})
-    #: Our JWT was stale or refused: not the device's fault, aioapns signs a
-    #: fresh one on a new connection, so keep the token and retry.
-    RETRY_ERRORS: ClassVar[frozenset[tuple[int, str]]] = frozenset(
+    #: Apple refused our provider token: a new one is signed (when Apple allows)
+    #: and the request sent again at once; refused again, the app is paused.
+    TOKEN_REFUSALS: ClassVar[frozenset[tuple[int, str]]] = frozenset(
         {(403, "ExpiredProviderToken"), (403, "InvalidProviderToken")}
     )
-    #: Transport trouble: no answer within ``timeout``, connection refused or lost.
-    RETRY_EXCEPTIONS: ClassVar[tuple[type[BaseException], ...]] = (
-        TimeoutError,  # asyncio.wait_for (asyncio.TimeoutError is an alias)
-        ApnsConnectionError,
-        ConnectionClosed,
-        MaxAttemptsExceeded,
-        ProtocolError,  # h2: FlowControlError, NoAvailableStreamIDError, ...
-        OSError,  # socket and TLS errors
+    #: Credentials refused for good until the operator acts (or the key is
+    #: re-signed): the app is paused, the notifications kept.
+    AUTH_ERRORS: ClassVar[frozenset[tuple[int, str]]] = TOKEN_REFUSALS | frozenset(
+        {
+            (403, "MissingProviderToken"),
+            (403, "BadCertificate"),
+            (403, "BadCertificateEnvironment"),
+            (403, "Forbidden"),
+            (429, "TooManyProviderTokenUpdates"),
+        }
     )
+    #: Seconds the app pauses after Apple refused the credentials, when no new
+    #: provider token can help sooner (certificate auth, a missing token).
+    AUTH_PAUSE: ClassVar[float] = 20 * 60.0
+    #: The shortest pause after a refusal (Apple's 429 TooManyProviderTokenUpdates
+    #: included: it names no wait, the current token is kept meanwhile).
+    MIN_AUTH_PAUSE: ClassVar[float] = 60.0
+    #: Reconnecting while connections fail: first wait, doubling up to the
+    #: ceiling (Apple treats rapid reconnects as abuse). Requests meanwhile fail
+    #: at once with the last connection failure's cause.
+    CONNECT_BACKOFF: ClassVar[float] = 0.5
+    CONNECT_BACKOFF_MAX: ClassVar[float] = 5.0  # also the longest wait once APNs is back
     #: Characters of a device token that may appear in logs.
     LOG_TOKEN_CHARS: ClassVar[int] = 8
 
@@ -159,56 +215,50 @@ class ApnsProvider(Provider):
         super().__init__(app)
         self._check_config()
         self.host, self.port = self._address()
-        self._client: APNs | None = None
+        self._pool: ApnsConnectionPool | None = None
+        #: The app's provider token (token auth), once started.
+        self.token: ProviderToken | None = None
 
     @property
-    def client(self) -> APNs | None:
-        """The aioapns client once started (for diagnostics and tests)."""
-        return self._client
+    def pool(self) -> ApnsConnectionPool | None:
+        """The connection pool once started (for diagnostics and tests)."""
+        return self._pool
 
     async def start(self) -> None:
-        """Load the credentials and build the aioapns client (no connection yet)."""
+        """Load the credentials and build the connection pool (no connection yet)."""
         app = self.app
         ssl_context = self._ssl_context()
-        try:
-            if app.cert_file:
-                # aioapns loads the client certificate into ssl_context itself.
-                client = APNs(
-                    client_cert=app.cert_file,
-                    topic=app.topic,
-                    max_connections=app.max_connections,
-                    use_sandbox=app.sandbox,
-                    ssl_context=ssl_context,
-                    err_func=_no_error_log,
-                )
-            else:
-                client = APNs(
-                    key=self._read_key(),
-                    key_id=app.key_id,
-                    team_id=app.team_id,
-                    topic=app.topic,
-                    max_connections=app.max_connections,
-                    use_sandbox=app.sandbox,
-                    ssl_context=ssl_context,
-                    err_func=_no_error_log,
-                )
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            key = "cert_file" if app.cert_file else "key_file"
-            raise ConfigError(self._key(key), f"cannot load: {exc}") from exc
-        client.pool.protocol_class = ApnsClientProtocol.for_address(self.host, self.port)
-        self._client = client
+        if app.cert_file:
+            try:
+                ssl_context.load_cert_chain(app.cert_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(self._key("cert_file"), f"cannot load: {exc}") from exc
+        else:
+            assert app.key_id is not None and app.team_id is not None  # _check_config
+            self.token = ProviderToken(self._read_key(), app.key_id, app.team_id)
+        self._pool = ApnsConnectionPool(
+            topic=app.topic,
+            max_connections=app.max_connections,
+            ssl_context=ssl_context,
+            auth_provider=self.token,
+            protocol_class=ApnsClientProtocol.for_address(self.host, self.port),
+            backoff=(self.CONNECT_BACKOFF, self.CONNECT_BACKOFF_MAX),
+        )
 
     async def close(self) -> None:
-        if self._client is not None:
-            self._client.pool.close()
-            self._client = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     async def send(self, request: PushRequest) -> DeliveryResult:
         """Send one notification; every expected failure comes back as a result."""
         if not isinstance(request, ApnsRequest):
             raise TypeError(f"ApnsProvider cannot send {type(request).__name__}")
-        if self._client is None:
+        if self._pool is None:
             raise RuntimeError("ApnsProvider.send() before start()")
+        held = self.paused()
+        if held is not None:
+            return held
         token = self._short(request.token)
         try:
             push_type = PushType(request.push_type)
@@ -224,33 +274,93 @@ class ApnsProvider(Provider):
             push_type=push_type,
             apns_topic=request.topic or None,
         )
+        generation = self.token.generation if self.token is not None else 0
+        delivery = await self._send_once(notification, token)
+        if (
+            self.token is not None
+            and (delivery.status, delivery.reason) in self.TOKEN_REFUSALS
+            and self.token.renew(generation)
+        ):
+            log.info("APNs app %s: %s: sending again with a new provider token", self.id,
+                     delivery.reason)
+            delivery = await self._send_once(notification, token)
+        return self.note(self._judge(delivery))
+
+    async def _send_once(self, notification: NotificationRequest, token: str) -> DeliveryResult:
+        """One request (and Apple's answer as a result, not yet judged for the app)."""
+        pool = self._pool
+        assert pool is not None
+        began = time.monotonic()
         try:
-            result = await asyncio.wait_for(
-                self._client.send_notification(notification), self.app.timeout
-            )
-        except self.RETRY_EXCEPTIONS as exc:
-            reason = "Timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            log.info("APNs %s: %s, will retry", token, reason)
+            # asyncio.timeout, not wait_for: no task per request, and no task
+            # holding the exception (and through it every frame) in a cycle.
+            async with asyncio.timeout(self.app.timeout):
+                answer = await pool.send_notification(notification)
+        except ApnsConnectError as exc:
+            return DeliveryResult(Outcome.RETRY, reason=exc.reason)
+        except TimeoutError as exc:
+            traceback.clear_frames(exc.__traceback__)
+            # A timed-out connection attempt was noted by the pool with its cause.
+            reason = pool.failure if pool.failed_at >= began else TIMEOUT
+            log.debug("APNs %s: %s, will retry", token, reason)
             return DeliveryResult(Outcome.RETRY, reason=reason)
-        delivery = self.classify(result)
+        except (ConnectionClosed, ProtocolError, OSError) as exc:
+            # Our protocol's ConnectionClosed names the cause (stock aioapns: "None").
+            said = str(exc) if isinstance(exc, ConnectionClosed) else ""
+            reason = said if said not in ("", "None") else transport_reason(exc)
+            traceback.clear_frames(exc.__traceback__)
+            log.debug("APNs %s: %s, will retry", token, reason)
+            return DeliveryResult(Outcome.RETRY, reason=reason)
+        delivery = self.classify(answer)
         log.log(
-            logging.DEBUG if delivery.ok else logging.INFO,
+            # A failure is logged once per cause by note(), not per request.
+            logging.DEBUG if delivery.outcome in (Outcome.DELIVERED, Outcome.RETRY)
+            else logging.INFO,
             "APNs %s: %s %s -> %s",
             token,
-            result.status,
-            result.description or "",
+            answer.status,
+            answer.description or "",
             delivery.outcome.value,
         )
         return delivery
+
+    def _judge(self, delivery: DeliveryResult) -> DeliveryResult:
+        """Pause or resume the app by what one result says about it."""
+        key = (delivery.status, delivery.reason)
+        if key in self.AUTH_ERRORS:
+            if key == (429, "TooManyProviderTokenUpdates"):
+                if self.token is not None:
+                    self.token.hold()  # Apple says: no new token for a while
+                wait = max(self.MIN_AUTH_PAUSE, delivery.retry_after or 0.0)
+                return self.pause(wait, f"{AUTH_REJECTED}: {delivery.reason}", auth=True,
+                                  status=delivery.status)
+            return self.pause(self._auth_pause(), f"{AUTH_REJECTED}: {delivery.reason}",
+                              auth=True, status=delivery.status)
+        if delivery.reason.startswith(CERT_REFUSED):  # Apple refused our certificate
+            return self.pause(self.AUTH_PAUSE, f"{AUTH_REJECTED}: {delivery.reason}", auth=True)
+        if delivery.status is not None:
+            if delivery.status >= 500:
+                if delivery.retry_after:  # Apple's outage, and the wait it asks of everyone
+                    return self.pause(delivery.retry_after, delivery.reason, auth=False,
+                                      status=delivery.status)
+            else:
+                self.resume()  # any other answer means the credentials were accepted
+        return delivery
+
+    def _auth_pause(self) -> float:
+        """Seconds to pause after a refusal: until a new token may be signed."""
+        if self.token is None:
+            return self.AUTH_PAUSE
+        return max(self.MIN_AUTH_PAUSE, self.token.seconds_until_renewal())
 
     async def probe(self, timeout: float) -> ProbeResult:
         """One background push to :attr:`PROBE_TOKEN` through aioapns, on a
         connection of its own so that a failure to connect is named (the pool
         would retry it for seconds and log only "could not connect")."""
-        if self._client is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("ApnsProvider.probe() before start()")
         where = f"{self.host}:{self.port}"
-        pool = self._client.pool
         try:
             connection = await asyncio.wait_for(pool.create_connection(), timeout)
         except TimeoutError:
@@ -357,11 +467,12 @@ class ApnsProvider(Provider):
     def classify(cls, result: NotificationResult) -> DeliveryResult:
         """Map one APNs answer to a :class:`DeliveryResult`, by the policy constants.
 
-        aioapns does not expose response headers, so ``retry_after`` stays
-        ``None`` (Apple does not document a Retry-After for APNs anyway).
+        ``retry_after``: the answer's ``Retry-After`` header, when it had one
+        (:class:`ApnsClientProtocol` reads it; Apple does not document one).
         """
         reason = result.description or ""
         message_id = result.notification_id or None
+        retry_after = getattr(result, "retry_after", None)
         try:
             status = int(result.status)
         except (TypeError, ValueError):  # no usable :status: a confused connection
@@ -373,12 +484,14 @@ class ApnsProvider(Provider):
         elif (
             status in cls.RETRY_STATUSES
             or status >= 500
-            or (status, reason) in cls.RETRY_ERRORS
+            or (status, reason) in cls.AUTH_ERRORS
         ):
             outcome = Outcome.RETRY
         else:  # 413 PayloadTooLarge, BadTopic, BadExpirationDate, MissingTopic, ...
             outcome = Outcome.REJECTED
-        return DeliveryResult(outcome, status=status, reason=reason, message_id=message_id)
+        return DeliveryResult(outcome, status=status, reason=reason,
+                              retry_after=retry_after if outcome is Outcome.RETRY else None,
+                              message_id=message_id)
 
     # configuration
 
@@ -414,10 +527,11 @@ class ApnsProvider(Provider):
             raise ConfigError(self._key("endpoint"), f"expected host:port, got {endpoint!r}")
         return host, int(port)
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        """A context trusting ``ca_file`` only, or None for aioapns's default."""
+    def _ssl_context(self) -> ssl.SSLContext:
+        """One context for every connection of the app: trusting ``ca_file`` only,
+        or the system's CA certificates."""
         if not self.app.ca_file:
-            return None
+            return ssl.create_default_context()
         try:
             return ssl.create_default_context(cafile=self.app.ca_file)
         except (OSError, ValueError) as exc:
@@ -471,13 +585,222 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _no_error_log(request: NotificationRequest, result: NotificationResult) -> None:
-    """Replaces aioapns's per-failure ERROR log: ApnsProvider logs outcomes itself."""
+
+class ApnsConnectError(Exception):
+    """No connection to APNs could be made; ``reason`` names the cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def _discard_if_held(discard: Callable[[Any], object], connection: Any) -> None:
-    with contextlib.suppress(ValueError):  # list.remove of a connection never added
-        discard(connection)
+class ProviderToken(AuthorizationHeaderProvider):
+    """The ES256 provider token (JWT) of token auth: one for all connections of an app.
+
+    Apple wants a token refreshed no more often than every 20 minutes (else
+    429 TooManyProviderTokenUpdates) and at least hourly (else 403
+    ExpiredProviderToken). aioapns signs one per connection, so connection
+    churn became token churn; here one token is shared, re-signed after
+    :attr:`TTL`, or by :meth:`renew` when Apple refuses it, and never sooner
+    than :attr:`MIN_INTERVAL` after the previous one.
+
+    ``clock`` gives the ``iat`` claim (wall time, as Apple judges it);
+    ``monotonic`` measures the intervals (immune to clock steps).
+    """
+
+    TTL: ClassVar[float] = 30 * 60.0
+    MIN_INTERVAL: ClassVar[float] = 20 * 60.0
+
+    def __init__(self, key: str, key_id: str, team_id: str, *,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.key = key
+        self.key_id = key_id
+        self.team_id = team_id
+        self.clock = clock
+        self.monotonic = monotonic
+        #: Bumped by every new token: a refusal is only acted on once per token.
+        self.generation = 0
+        #: Tokens signed so far (the metric operators compare with Apple's limit).
+        self.signed = 0
+        self._header: str | None = None
+        self._signed_at = -math.inf  # monotonic
+        self._no_new_token_before = -math.inf  # monotonic; set by hold()
+        # Signed now, so that generation names the token the first request
+        # carries (and a bad key fails at start, not at the first push).
+        self._sign()
+
+    def get_header(self) -> str:
+        """``bearer <jwt>`` for the next request (aioapns calls it per request)."""
+        if self.monotonic() - self._signed_at >= self.TTL and self._may_sign():
+            self._sign()
+        assert self._header is not None
+        return self._header
+
+    def renew(self, generation: int) -> bool:
+        """Apple refused the token of ``generation``: True when a newer token is
+        there to send again with (signed now, or by another request meanwhile);
+        False when Apple would not accept a new one yet."""
+        if generation != self.generation:
+            return True
+        if not self._may_sign():
+            return False
+        self._sign()
+        return True
+
+    def hold(self) -> None:
+        """Apple said TooManyProviderTokenUpdates: sign nothing new for a while."""
+        self._no_new_token_before = self.monotonic() + self.MIN_INTERVAL
+
+    def seconds_until_renewal(self) -> float:
+        """Seconds until :meth:`renew` may sign a new token."""
+        now = self.monotonic()
+        return max(0.0, self._signed_at + self.MIN_INTERVAL - now,
+                   self._no_new_token_before - now)
+
+    def _may_sign(self) -> bool:
+        return self.seconds_until_renewal() <= 0.0
+
+    def _sign(self) -> None:
+        token = jwt.encode({"iss": self.team_id, "iat": int(self.clock())}, self.key,
+                           algorithm="ES256", headers={"kid": self.key_id})
+        self._header = f"bearer {token}"
+        self._signed_at = self.monotonic()
+        self.generation += 1
+        self.signed += 1
+
+
+class ApnsConnectionPool(APNsBaseConnectionPool):
+    """aioapns's connection pool, made to fail fast, precisely and cheaply.
+
+    One connection attempt per request (aioapns: five, a second apart); its
+    failure is raised as :class:`ApnsConnectError` naming the cause. While
+    connecting fails, new attempts wait ``backoff`` (first, ceiling; doubling)
+    and requests meanwhile fail at once with the last cause. A notification
+    whose connection was closed under it after having worked (the server
+    closed an idle connection) is sent once more on a new one.
+    """
+
+    def __init__(self, *, topic: str, max_connections: int,
+                 ssl_context: ssl.SSLContext, auth_provider: ProviderToken | None,
+                 protocol_class: type[APNsTLSClientProtocol],
+                 backoff: tuple[float, float] = (0.5, 5.0)) -> None:
+        super().__init__(topic=topic, max_connections=max_connections)
+        self.topic = topic
+        self.ssl_context = ssl_context
+        self.auth_provider = auth_provider
+        self.protocol_class = protocol_class
+        self.backoff = backoff
+        #: The cause of the last failed connection attempt, and when (monotonic).
+        self.failure = ""
+        self.failed_at = -math.inf
+        #: Connection attempts so far, and how many failed.
+        self.attempts = 0
+        self.failures = 0
+        self._failures_in_a_row = 0
+        self._next_attempt = -math.inf
+
+    async def create_connection(self) -> APNsBaseClientProtocol:
+        """A new TLS connection to the protocol class's server (not added to the pool)."""
+        cls = self.protocol_class
+        # (aioapns annotates the lost-connection callback as NoReturn; it returns.)
+        lost: Any = self.discard_connection
+        factory = partial(cls, self.topic, self.loop, lost, self.auth_provider)
+        _, protocol = await self.loop.create_connection(
+            factory, host=cls.APNS_SERVER, port=cls.APNS_PORT, ssl=self.ssl_context)
+        return protocol
+
+    def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
+        # aioapns raises for a connection it does not hold (the probe's, lost
+        # before it was added) and logs each at INFO: a reset storm floods logs.
+        if connection in self.connections:
+            self.connections.remove(connection)
+        log.debug("APNs connection lost (%d left)", len(self.connections))
+
+    def _usable(self) -> APNsBaseClientProtocol | None:
+        for connection in self.connections:
+            if getattr(connection, "closing", False):
+                # Failing under TLS, not yet told: out of the pool now, so that
+                # no request is written to it meanwhile.
+                self.discard_connection(connection)
+                return self._usable()
+            if not connection.is_busy:
+                return connection
+        return None
+
+    async def acquire(self) -> APNsBaseClientProtocol:
+        connection = self._usable()
+        if connection is not None:
+            return connection
+        async with self._lock:
+            connection = self._usable()
+            if connection is not None:
+                return connection
+            if len(self.connections) < self.max_connections:
+                return await self._connect()
+        while True:  # every connection has the most streams APNs allows in flight
+            await asyncio.sleep(0.01)
+            connection = self._usable()
+            if connection is not None:
+                return connection
+
+    async def _connect(self) -> APNsBaseClientProtocol:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            raise ApnsConnectError(self.failure)
+        self.attempts += 1
+        try:
+            connection = await self.create_connection()
+        except asyncio.CancelledError:
+            # Our request timeout ran out while connecting (a firewall dropping
+            # packets): the send reports this cause rather than a bare timeout.
+            cls = self.protocol_class
+            self._failed(f"{TIMEOUT} connecting to {cls.APNS_SERVER}:{cls.APNS_PORT}")
+            raise
+        except Exception as exc:  # OSError, ssl.SSLError, ...
+            reason = transport_reason(exc)
+            # The exception's frames hold asyncio's connection waiter, which
+            # holds the exception: a cycle keeping the transport and its SSL
+            # buffers until a full collection. Cleared, all is freed right now.
+            traceback.clear_frames(exc.__traceback__)
+            self._failed(reason)
+            raise ApnsConnectError(reason) from None
+        self._failures_in_a_row = 0
+        self._next_attempt = -math.inf
+        self.connections.append(connection)
+        log.debug("APNs connection made (%d open)", len(self.connections))
+        return connection
+
+    def _failed(self, reason: str) -> None:
+        first, ceiling = self.backoff
+        self.failures += 1
+        self._failures_in_a_row += 1
+        self.failure, self.failed_at = reason, time.monotonic()
+        delay = min(ceiling, first * 2.0 ** min(self._failures_in_a_row - 1, 30))
+        self._next_attempt = self.failed_at + delay
+        log.debug("APNs connection failed (%s): next attempt in %.1f s", reason, delay)
+
+    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        connection = await self.acquire()
+        try:
+            return await connection.send_notification(request)
+        except ConnectionClosed:
+            if not getattr(connection, "answered", 1):  # (a stock aioapns protocol: unknown)
+                raise  # a new connection failed: that is the answer
+        except NoAvailableStreamIDError:  # 2^30 requests on one connection
+            connection.close()
+        return await (await self.acquire()).send_notification(request)
+
+
+class _Answer(NotificationResult):
+    """Apple's answer, with the ``Retry-After`` header aioapns does not keep."""
+
+    __slots__ = ("retry_after",)
+
+    def __init__(self, result: NotificationResult, retry_after: float | None) -> None:
+        super().__init__(result.notification_id, result.status, result.description,
+                         result.timestamp)
+        self.retry_after = retry_after
 
 
 class _CreditReturningH2Connection(H2Connection):
@@ -506,7 +829,7 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
     """aioapns's TLS protocol with flow control fixed and streams cleaned up.
 
     Use :meth:`for_address` to get a subclass bound to a host and port; set it
-    as ``APNs.pool.protocol_class``.
+    as :attr:`ApnsConnectionPool.protocol_class`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -517,13 +840,9 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         #: Whether the connection ended, and why (an ``ssl.SSLError`` for a TLS alert).
         self.lost = False
         self.lost_with: BaseException | None = None
-        # The pool's discard_connection raises for a connection it does not hold:
-        # the probe's, when it is lost before it was handed to the pool.
-        discard = self.on_connection_lost
-        if discard is not None:
-            # (aioapns annotates the callback as NoReturn; it returns None.)
-            self.on_connection_lost = functools.partial(  # type: ignore[assignment]
-                _discard_if_held, discard)
+        #: Answers received on this connection (it worked at least once).
+        self.answered = 0
+        self._retry_after: dict[str, bytes] = {}  # apns-id -> Retry-After of an error
 
     @classmethod
     def for_address(cls, host: str, port: int) -> type[ApnsClientProtocol]:
@@ -534,17 +853,42 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
             {"APNS_SERVER": host, "APNS_PORT": port},
         )
 
-    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is lost or going: the socket under TLS can fail
+        two loop turns before :meth:`connection_lost` is called, and every
+        write meanwhile makes asyncio log "socket.send() raised exception"."""
         if self.lost:
+            return True
+        ssl_protocol = getattr(self.transport, "_ssl_protocol", None)
+        raw = getattr(ssl_protocol, "_transport", None)
+        return raw is not None and raw.is_closing()
+
+    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        if self.closing:
             # Stock aioapns would write to the closed transport and wait forever:
             # with TLS 1.3 a refused client certificate ends the connection only
             # after the handshake seemed to succeed.
-            raise ConnectionClosed(str(self.lost_with))
+            raise self._closed()
         try:
-            return await super().send_notification(request)
+            result = await super().send_notification(request)
         except asyncio.CancelledError:
             self._abandon(request.notification_id)
             raise
+        except ConnectionClosed as exc:
+            # aioapns fails every request of a lost connection with one shared
+            # exception; each raise chains this request's frames (holding its
+            # future, holding the exception) onto it: a cycle per request that
+            # kept the connection alive until a full collection. Cut it.
+            traceback.clear_frames(exc.__traceback__)
+            raise self._closed() from None
+        retry_after = self._retry_after.pop(request.notification_id, None)
+        return _Answer(result, parse_retry_after(retry_after))
+
+    def _closed(self) -> ConnectionClosed:
+        """The exception for a request on this lost connection, naming the cause."""
+        cause = self.lost_with
+        return ConnectionClosed(transport_reason(cause) if cause is not None else CLOSED)
 
     def _abandon(self, notification_id: str) -> None:
         """Forget a request cancelled by our timeout and free its stream.
@@ -554,6 +898,7 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         """
         self.requests.pop(notification_id, None)
         self.request_statuses.pop(notification_id, None)
+        self._retry_after.pop(notification_id, None)
         stream_ids = [s for s, n in self.request_streams.items() if n == notification_id]
         for stream_id in stream_ids:
             del self.request_streams[stream_id]
@@ -569,14 +914,35 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
             self.flush()
 
     def on_response_received(self, headers: dict[bytes, bytes]) -> None:
+        self.answered += 1
         date = headers.get(b"date")
         if date is not None:
             self.last_date = (date, time.time())
+        retry_after = headers.get(b"retry-after")
+        if retry_after is not None:
+            self._retry_after[headers.get(b"apns-id", b"").decode("utf8")] = retry_after
         super().on_response_received(headers)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The error of a failed write has a traceback whose frames lead (through
+        # f_back) to our own send_notification, holding this protocol: kept in
+        # lost_with, it would keep the connection, its transport and SSL buffers
+        # alive until a full collection. Only its type and text are needed.
+        inner: BaseException | None = exc
+        while inner is not None and inner.__traceback__ is not None:
+            inner.__traceback__ = None
+            inner = inner.__cause__ or inner.__context__
         self.lost, self.lost_with = True, exc
+        # aioapns sets the exception on every waiting future; one already
+        # cancelled by our timeout would make that raise.
+        for notification_id in [n for n, f in self.requests.items() if f.done()]:
+            del self.requests[notification_id]
         super().connection_lost(exc)
+        # Nothing more will be answered here: let go of every request now.
+        self.requests.clear()
+        self.request_streams.clear()
+        self.request_statuses.clear()
+        self._retry_after.clear()
 
     def on_stream_ended(self, stream_id: int) -> None:
         # Stock aioapns only forgets a stream when an error body arrives; after

@@ -20,6 +20,12 @@ adds on top, and why:
     it expires. The SDK's auth flow refreshes a service-account token
     synchronously inside the event loop (an HTTPS round trip to Google about
     hourly, blocking every XMPP stream meanwhile).
+* **Faults named and cheap**: a failure without an answer is reported by its
+  cause (``connection refused``, ``TLS verify failed (…)``, ``timeout``; the
+  SDK calls most of them ``UNAVAILABLE``); connections a transport error left
+  broken are closed at once (httpcore kept them, and their tracebacks, in its
+  pool); refused credentials pause the app (:meth:`Provider.pause`) and a
+  ``Retry-After`` on a quota error or an outage holds the whole app.
 * **Module-level** ``messaging.send_each_async``: the service-level method
   defaults to ``dry_run=True`` (messages validated, never delivered).
 * **Outcome policy** (:attr:`FcmProvider.ERROR_OUTCOMES`): FCM exceptions become
@@ -40,18 +46,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import email.utils
 import importlib.util
 import itertools
 import logging
 import ssl
 import time
+import traceback
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError, DeliveryResult, MissingDependency, Outcome, PushError
-from .base import FcmRequest, ProbeResult, ProbeStatus, Provider, PushRequest, clock_offset
+from .base import (
+    AUTH_REJECTED,
+    TIMEOUT,
+    FcmRequest,
+    ProbeResult,
+    ProbeStatus,
+    Provider,
+    PushRequest,
+    clock_offset,
+    parse_retry_after,
+    transport_reason,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -70,22 +87,6 @@ _app_names = itertools.count(1)
 def _redact(token: str) -> str:
     """Enough of a device token to correlate log lines, never the whole of it."""
     return f"{token[:6]}…({len(token)})" if len(token) > 10 else "…"
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def _mro_names(obj: object) -> list[str]:
@@ -134,20 +135,6 @@ def _about_token(response: Any) -> bool:
 
 def _rpc_message(response: Any) -> str:
     return str(_error_object(response).get("message", ""))[:200]
-
-
-def _describe_cause(cause: BaseException) -> str:
-    """The innermost reason of a transport failure (an SSL verify error, a refusal)."""
-    for _ in range(10):  # httpx.ConnectError <- httpcore.ConnectError <- ssl.SSLError ...
-        inner = cause.__cause__ or cause.__context__
-        if inner is None:
-            break
-        cause = inner
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"TLS: certificate not trusted ({cause.verify_message})"
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused"
-    return str(cause) or type(cause).__name__
 
 
 class _TokenSource:
@@ -239,9 +226,12 @@ class _Transport:
     def __init__(
         self, client: httpx.AsyncClient, tokens: _TokenSource, extra_headers: Mapping[str, str]
     ) -> None:
+        import httpx
+
         self.client = client
         self.tokens = tokens
         self.extra_headers = dict(extra_headers)
+        self._transport_error = httpx.TransportError
         #: The last ``Date`` response header and our ``time.time()`` when it came.
         self.last_date: tuple[str, float] | None = None
 
@@ -252,9 +242,13 @@ class _Transport:
         except Exception as exc:
             log.warning("FCM: access token refresh failed: %s", type(exc).__name__)
         sent_with = self.tokens.headers()
-        response = await self.client.request(
-            method, url, headers={**headers, **sent_with}, **kwargs
-        )
+        try:
+            response = await self.client.request(
+                method, url, headers={**headers, **sent_with}, **kwargs
+            )
+        except self._transport_error:
+            await self._close_broken()
+            raise
         # A 401 for our OAuth token gets one new token and one resend (one shared
         # refresh, unless another request already replaced the token). FCM's
         # THIRD_PARTY_AUTH_ERROR is also a 401, but about the project's APNs/web
@@ -271,6 +265,27 @@ class _Transport:
         if date:
             self.last_date = (date, time.time())
         return response.raise_for_status()
+
+    async def _close_broken(self) -> None:
+        """Close the pooled connections a transport error left unusable.
+
+        httpcore keeps an HTTP/2 connection whose socket failed in its pool,
+        idle, until its keep-alive expires, and each of its streams re-raises
+        one stored exception, whose traceback grows by that stream's frames
+        (and its request, and its h2 state). Dropped connections piled up so:
+        60 → 212 MB in 30 s of resets, never given back. Closed here, they
+        leave the pool with the next request. (Their stored exception's frames
+        are left alone: a stream may still be in its error handler, and
+        clearing a suspended coroutine's frame closes it.)
+        """
+        pool = getattr(getattr(self.client, "_transport", None), "_pool", None)
+        for connection in list(getattr(pool, "connections", ())):
+            if connection.is_closed() or not connection.is_idle() or connection.is_available():
+                continue  # healthy, busy (its last stream will close it), or gone
+            try:
+                await connection.aclose()
+            except Exception as exc:  # it is broken already: the request's error is what counts
+                log.debug("FCM %s: closing a broken connection: %s", type(exc).__name__, exc)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -315,11 +330,21 @@ class FcmProvider(Provider):
         "InvalidArgumentError": Outcome.REJECTED,  # bad payload or malformed token
         "ThirdPartyAuthError": Outcome.REJECTED,  # APNs/web-push credentials of the project
     }
-    #: Back-off used when FCM sends no Retry-After (FCM asks for >= 1 min on quota errors).
-    DEFAULT_RETRY_AFTER: ClassVar[Mapping[str, float]] = {
+    #: The least back-off, whatever Retry-After says: FCM asks for at least a
+    #: minute on quota errors. The project's quota is exhausted for every
+    #: device, so the whole app pauses (as for a 5xx with a Retry-After).
+    MIN_RETRY_AFTER: ClassVar[Mapping[str, float]] = {
         "QuotaExceededError": 60.0,
         "ResourceExhaustedError": 60.0,
     }
+    #: Our credentials refused (401 for our OAuth token even after a refresh,
+    #: 403 for the project): the app pauses for :attr:`AUTH_PAUSE`, then one
+    #: trial request at a time. ThirdPartyAuthError (the project's APNs key at
+    #: Firebase) is listed above: it refuses a message, not us.
+    AUTH_ERRORS: ClassVar[frozenset[str]] = frozenset(
+        {"UnauthenticatedError", "PermissionDeniedError"}
+    )
+    AUTH_PAUSE: ClassVar[float] = 600.0
     #: httpx errors (cause of an ``UnknownError``) meaning "connection lost":
     #: transient, and the SDK does not retry them.
     TRANSPORT_ERRORS: ClassVar[frozenset[str]] = frozenset({"TransportError"})
@@ -586,7 +611,7 @@ class FcmProvider(Provider):
         code = _fcm_error_code(response) or rpc
         cause = getattr(exc, "cause", None)
         if status is None:  # no answer at all: transport trouble
-            what = _describe_cause(cause) if cause is not None else str(exc)
+            what = transport_reason(cause) if cause is not None else str(exc)
             return ProbeResult(ProbeStatus.FAIL, f"cannot reach {self.base_url}: {what}",
                                "outbound HTTPS to fcm.googleapis.com must be allowed "
                                "(with endpoint set: ca_file must hold its CA)", offset)
@@ -670,6 +695,9 @@ class FcmProvider(Provider):
     async def _send_chunk(self, requests: Sequence[FcmRequest]) -> list[DeliveryResult]:
         if not self._started or self._closed or self._tokens is None:
             return [DeliveryResult(Outcome.RETRY, reason="PROVIDER_NOT_RUNNING")] * len(requests)
+        held = self.paused()
+        if held is not None:
+            return [held] * len(requests)
         results: list[DeliveryResult | None] = [None] * len(requests)
         pending: list[tuple[int, Any]] = []
         for i, request in enumerate(requests):
@@ -683,12 +711,29 @@ class FcmProvider(Provider):
                 continue
             pending.append((i, message))
         try:
-            await asyncio.wait_for(self._deliver(requests, pending, results), self.timeout)
-        except TimeoutError:
-            log.info("FCM %s: %d message(s) timed out", self.id, len(pending))
+            async with asyncio.timeout(self.timeout):
+                await self._deliver(requests, pending, results)
+        except TimeoutError as exc:
+            traceback.clear_frames(exc.__traceback__)
+            log.debug("FCM %s: %d message(s) timed out", self.id, len(pending))
         return [
-            r if r is not None else DeliveryResult(Outcome.RETRY, reason="TIMEOUT") for r in results
+            self.note(self._judge(r)) if r is not None
+            else self.note(DeliveryResult(Outcome.RETRY, reason=TIMEOUT))
+            for r in results
         ]
+
+    def _judge(self, result: DeliveryResult) -> DeliveryResult:
+        """Pause or resume the app by what one result says about it."""
+        if result.reason.startswith(AUTH_REJECTED):
+            return self.pause(self.AUTH_PAUSE, result.reason, auth=True, status=result.status)
+        if result.status is not None and result.status not in (401, 403):
+            self.resume()  # FCM answered: our credentials were accepted
+            if result.outcome is Outcome.RETRY and result.retry_after and (
+                    result.status >= 500 or result.status == 429):
+                # Project quota or FCM's outage: every device would get the same answer.
+                return self.pause(result.retry_after, result.reason, auth=False,
+                                  status=result.status)
+        return result
 
     async def _deliver(
         self,
@@ -715,7 +760,7 @@ class FcmProvider(Provider):
                     resend.append((i, msg))
                 results[i] = result
                 if result.outcome is not Outcome.DELIVERED:
-                    log.info(
+                    log.debug(
                         "FCM %s: %s for %s (%s)",
                         self.id,
                         result.outcome.value,
@@ -746,38 +791,45 @@ class FcmProvider(Provider):
         response = getattr(exc, "http_response", None)
         status = response.status_code if response is not None else None
         retry_after = (
-            _parse_retry_after(response.headers.get("retry-after"))
+            parse_retry_after(response.headers.get("retry-after"))
             if response is not None
             else None
         )
         reason = _fcm_error_code(response) or str(getattr(exc, "code", "") or names[0])
+        cause = getattr(exc, "cause", None)
+        if response is None and cause is not None:
+            # No answer: name the transport failure (firebase-admin calls a TLS
+            # verify failure and a refused connection alike "UNAVAILABLE").
+            reason = transport_reason(cause)
+            traceback.clear_frames(cause.__traceback__)
         outcome = next((self.ERROR_OUTCOMES[n] for n in names if n in self.ERROR_OUTCOMES), None)
         lost = False
         if outcome is None:
-            cause = getattr(exc, "cause", None)
             cause_names = _mro_names(cause) if cause is not None else []
             if self.TRANSPORT_ERRORS.intersection(cause_names):
-                outcome, reason = Outcome.RETRY, f"TRANSPORT: {cause_names[0]}"
+                outcome = Outcome.RETRY
                 lost = bool(self.RESEND_ERRORS.intersection(cause_names))
+            elif self.AUTH_ERRORS.intersection(names):
+                outcome = Outcome.RETRY
+                reason = f"{AUTH_REJECTED}: {_rpc_status(response) or reason}"
             elif status is not None and status >= 500:
                 outcome = Outcome.RETRY  # 502/504 from a front end
             else:
                 outcome = Outcome.REJECTED
-        if outcome is Outcome.RETRY and retry_after is None:
-            retry_after = next(
-                (self.DEFAULT_RETRY_AFTER[n] for n in names if n in self.DEFAULT_RETRY_AFTER), None
-            )
+        if outcome is Outcome.RETRY:
+            least = next((self.MIN_RETRY_AFTER[n] for n in names if n in self.MIN_RETRY_AFTER),
+                         None)
+            if least is not None:
+                retry_after = max(retry_after or 0.0, least)
+        else:
+            retry_after = None
         return DeliveryResult(outcome, status, reason, retry_after), lost
 
     def _auth_failure(self, exc: Exception) -> DeliveryResult:
-        """No access token: retry if google-auth says it is transient, else reject."""
+        """No access token: retry if google-auth says it is transient, else pause the app."""
         names = _mro_names(exc)
-        transient = "TransportError" in names or bool(getattr(exc, "retryable", False))
-        log.warning(
-            "FCM %s: cannot get an access token (%s)%s",
-            self.id,
-            names[0],
-            "" if transient else ": check the service account",
-        )
-        outcome = Outcome.RETRY if transient else Outcome.REJECTED
-        return DeliveryResult(outcome, reason=f"AUTH: {names[0]}")
+        if "TransportError" in names or bool(getattr(exc, "retryable", False)):
+            return DeliveryResult(Outcome.RETRY, reason=f"access token: {transport_reason(exc)}")
+        # RefreshError: the key was deleted or revoked, or the account removed.
+        return DeliveryResult(Outcome.RETRY,
+                              reason=f"{AUTH_REJECTED}: service account refused ({names[0]})")

@@ -5,7 +5,7 @@ at the account's server, so that a whole deployment can be tested without a
 phone (with the console provider, the app server prints the push)::
 
     slixmpp-push register --jid alice@example.org --password-file pw \\
-        --dialect tigase --provider tigase:messenger:apns:1 --token 0123abcd
+        --dialect tigase --provider tigase:messenger:apns:1 --token $(openssl rand -hex 32)
     slixmpp-push status --jid alice@example.org --password-env ALICE_PASSWORD
     slixmpp-push unregister --jid alice@example.org --password-file pw
 

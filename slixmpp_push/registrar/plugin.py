@@ -62,6 +62,7 @@ from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from ..errors import StoreError
 from ..logs import loggable_node
 from ..store import CLIENT_REGISTRATIONS, MemoryStore, Store, TinyDBStore
 from ..xep_0357.stanza import NS, PUBLISH_OPTIONS_FORM_TYPE, MutedItem, register_stanzas
@@ -538,7 +539,13 @@ class PushRegistrar(BasePlugin):
                                               JID(registration.target).bare)
             if registration.node != node or not from_app_server:
                 continue
-            await self._forget(registration)
+            try:
+                await self._forget(registration)
+            except StoreError:
+                # A full disk: still tell our server to stop (below). The record stays
+                # and is re-enabled next session, which the app server then refuses.
+                # Logged once by the store, not per stanza.
+                pass
             log.info("%s disabled push for node %s", sender, loggable_node(node or ""))
             try:
                 await self.disable(registration.target, registration.node)

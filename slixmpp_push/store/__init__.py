@@ -11,9 +11,11 @@ from .base import (
     Store,
     device_identity,
 )
+from .status import StoreStatus
 from .tinydb_store import AtomicJSONStorage, TinyDBStore
 
 __all__ = [
     "CLIENT_REGISTRATIONS", "DEAD_TOKENS", "OMEMO", "PAGES", "PENDING", "REGISTRATIONS",
-    "AtomicJSONStorage", "MemoryStore", "Store", "TinyDBStore", "device_identity",
+    "AtomicJSONStorage", "MemoryStore", "Store", "StoreStatus", "TinyDBStore",
+    "device_identity",
 ]

@@ -3,7 +3,8 @@
 Reads are synchronous and answered from in-memory indexes (a publish never
 scans); writes are coroutines that return once the change is durable. A back
 end only implements :meth:`Store._persist` (and loading); everything else —
-indexes, typed accessors, rollback on a failed write — lives here once.
+indexes, typed accessors, rollback on a failed write, the write health that
+/health reports (:class:`~.status.StoreStatus`) — lives here once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..models import Registration
+from .status import StoreStatus
 
 REGISTRATIONS = "registrations"
 PENDING = "pending"
@@ -45,6 +47,7 @@ class Store(abc.ABC):
         self._by_account: dict[str, set[str]] = {}
         self._app_counts: dict[str, int] = {}
         self._opened = False
+        self.status = StoreStatus()  # write failures (logged once), journal size
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -172,13 +175,17 @@ class Store(abc.ABC):
             table[key] = doc
         try:
             await self._persist([(name, key, doc)])
-        except BaseException:
+        except BaseException as exc:
             if table.get(key) is doc:
                 if old is None:
                     table.pop(key, None)
                 else:
                     table[key] = old
+            if isinstance(exc, StoreError):
+                self.status.write_failed(str(exc))
             raise
+        if not self.status.writable:
+            self.status.write_succeeded()
 
 
 class MemoryStore(Store):

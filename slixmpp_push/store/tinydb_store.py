@@ -9,6 +9,16 @@ the folder — and the journal starts over. Loading replays the journal over the
 snapshot; replay is idempotent, and a torn last line (a crash mid-append)
 is ignored, because it was never acknowledged.
 
+A write that fails (disk full, I/O error) fails the requests waiting on it,
+and the journal is cut back so that the next append starts on a clean line.
+The failure is logged once per condition (:class:`~.status.StoreStatus`);
+while writes fail, the writer probes every :data:`PROBE_INTERVAL` seconds, so
+that the store is reported writable again once space is freed, traffic or not.
+A failed compaction is retried after an exponential backoff, not at every
+write batch (each try rewrites the whole store), or as soon as the disk has
+room for a snapshot again; meanwhile the journal keeps every change, and
+/health is not ready once it is longer than ``journal_limit``.
+
 Files are created with mode 0600: they hold device tokens and secrets.
 """
 
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -29,6 +40,7 @@ from tinydb.storages import Storage
 
 from ..errors import StoreError
 from .base import TABLES, Op, Store
+from .status import MIB
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,19 @@ SCHEMA_VERSION = 1
 META_TABLE = "_meta"
 TEMP_PREFIX = ".slixmpp-push-"
 FILE_MODE = 0o600
+#: /health is not ready once the journal is longer: compaction keeps failing (a
+#: healthy journal is emptied every ``compact_after`` lines, about 10 MB).
+JOURNAL_LIMIT = 64 * MIB
+#: After a failed compaction the next try waits this long, doubling up to
+#: COMPACT_MAX_DELAY (or until the disk has room for a snapshot again).
+COMPACT_FIRST_DELAY = 1.0
+COMPACT_MAX_DELAY = 600.0
+#: While writes fail, the store checks this often whether it can write again,
+#: writing (and removing) PROBE_BYTES: more than the slack of a file's last block,
+#: which takes a journal line or two even on a full disk.
+PROBE_INTERVAL = 5.0
+PROBE_BYTES = 64 * 1024
+SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -89,8 +114,9 @@ class TinyDBStore(Store):
     """Registrations and the pending-notification queue in one TinyDB file."""
 
     def __init__(self, path: str | os.PathLike[str], *, compact_after: int = 20_000,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, journal_limit: int | None = None) -> None:
         super().__init__()
+        self.status.journal_limit = JOURNAL_LIMIT if journal_limit is None else journal_limit
         self.path = Path(path)
         self.read_only = read_only
         self._lock: Any = None
@@ -104,7 +130,15 @@ class TinyDBStore(Store):
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._opening: asyncio.Future[None] | None = None
-        self._broken = False  # a failed write could not be undone: no more writes
+        # Where the journal must be cut back to before the next append: a failed
+        # append whose partial batch could not be cut off at once.
+        self._torn_at: int | None = None
+        self._snapshot_bytes = 0
+        # Compaction backoff: 0.0 while compactions succeed.
+        self._compact_delay = 0.0
+        self._compact_at = 0.0  # loop time of the next try
+        self._room_wanted = 0  # free bytes worth an early try (after a disk-full failure)
+        self._room_checked = 0.0
 
     # -- loading ------------------------------------------------------------
     async def open(self) -> None:
@@ -156,12 +190,19 @@ class TinyDBStore(Store):
         if self.path.exists():
             if not self.read_only:
                 os.chmod(self.path, FILE_MODE)
+            self._snapshot_bytes = self.path.stat().st_size
             # Read through TinyDB's storage layer rather than Table.all(): the
             # file is the same, without wrapping 100k documents in Document objects.
             try:
                 data = AtomicJSONStorage(self.path).read() or {}
             except (ValueError, OSError) as exc:
                 raise StoreError(f"{self.path} is not a readable store: {exc}") from exc
+            # A JSON object of another shape is no store either: one line, no traceback.
+            shapeless = [name for name in (META_TABLE, *TABLES)
+                         if not isinstance(data.get(name, {}), dict)]
+            if shapeless:
+                raise StoreError(f"{self.path} is not a readable store: table "
+                                 f"{shapeless[0]!r} is not an object")
             meta = list(data.get(META_TABLE, {}).values())
             schema = meta[0].get("schema") if meta and isinstance(meta[0], dict) else None
             if schema != SCHEMA_VERSION:
@@ -178,6 +219,7 @@ class TinyDBStore(Store):
             return tables
         self._journal = self._open_journal()
         self._journal_lines = replayed
+        self.status.journal_bytes = os.fstat(self._journal.fileno()).st_size
         return tables
 
     def _replay_journal(self, tables: dict[str, dict[str, dict[str, Any]]]) -> int:
@@ -192,7 +234,9 @@ class TinyDBStore(Store):
                 continue
             try:
                 table, key, doc = json.loads(line)
-            except ValueError:
+                if not isinstance(table, str):
+                    raise TypeError("the table name is not a string")
+            except (ValueError, TypeError):  # not JSON, or not [table, key, doc]
                 if number >= len(lines) - 1:
                     # The last line was torn by a crash: never acknowledged, drop it
                     # (and cut it off, unless we only read).
@@ -248,7 +292,12 @@ class TinyDBStore(Store):
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
+            if self.status.writable:
+                await self._wakeup.wait()
+            else:
+                # Once space is freed nothing may come to write: find out by ourselves.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), PROBE_INTERVAL)
             self._wakeup.clear()
             batch, self._queue = self._queue, []
             if batch:
@@ -256,7 +305,7 @@ class TinyDBStore(Store):
                 try:
                     await loop.run_in_executor(self._executor, self._append, data)
                 except Exception as exc:  # disk full, I/O error: fail these writes
-                    log.error("store: cannot write %s: %s", self.journal_path, exc)
+                    # Not logged here: StoreStatus logs each condition once.
                     error = StoreError(f"cannot write {self.journal_path}: {exc}")
                     for _, done in batch:
                         if not done.done():
@@ -266,15 +315,21 @@ class TinyDBStore(Store):
                         if not done.done():
                             done.set_result(None)
                     self._journal_lines += sum(len(lines) for lines, _ in batch)
-            if self._journal_lines >= self.compact_after:
+                    self.status.journal_bytes += len(data)
+            elif not self.status.writable and not self._closed:
+                await self._probe()
+            if self._journal_lines >= self.compact_after and await self._compaction_due():
                 await self._compact()
             if self._closed and not self._queue:
                 return
 
     def _append(self, data: bytes) -> None:
-        if self._broken:
-            raise StoreError(f"{self.journal_path} could not be repaired after a failed write")
         fd = self._journal.fileno()
+        if self._torn_at is not None:
+            # Never append after a torn line: it would be corrupt in mid-journal.
+            os.ftruncate(fd, self._torn_at)
+            os.fsync(fd)
+            self._torn_at = None
         start = os.fstat(fd).st_size
         try:
             view = memoryview(data)
@@ -284,13 +339,49 @@ class TinyDBStore(Store):
             os.fsync(fd)
         except OSError:
             # Cut the partial batch off, so the next append does not glue onto a
-            # torn line; if even that fails, refuse every further write.
+            # torn line; if even that fails, the next append tries it first.
             try:
                 os.ftruncate(fd, start)
                 os.fsync(fd)
             except OSError:
-                self._broken = True
+                self._torn_at = start
             raise
+
+    async def _probe(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._probe_sync)
+        except OSError:
+            return  # still failing: counted by the next real write, not logged
+        self.status.write_succeeded()
+
+    def _probe_sync(self) -> None:
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.path.parent)
+        try:
+            view = memoryview(bytes(PROBE_BYTES))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(temp)
+
+    def _free_bytes(self) -> int:
+        stat = os.statvfs(self.path.parent)
+        return stat.f_bavail * stat.f_frsize
+
+    async def _compaction_due(self) -> bool:
+        """Not at every write batch after a failure: each try rewrites the whole store."""
+        if not self._compact_delay:
+            return True
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self._compact_at:
+            return True
+        if not self._room_wanted or now - self._room_checked < 1.0:
+            return False
+        self._room_checked = now
+        free = await loop.run_in_executor(self._executor, self._free_bytes)
+        return free >= self._room_wanted
 
     async def _compact(self) -> None:
         # Copy on the loop thread: documents are replaced, never mutated, so a
@@ -298,23 +389,50 @@ class TinyDBStore(Store):
         snapshot = {name: dict(self._tables[name]) for name in TABLES}
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._compact_sync, snapshot)
+            size = await loop.run_in_executor(self._executor, self._compact_sync, snapshot)
         except Exception as exc:
-            log.error("store: compaction of %s failed (journal kept): %s", self.path, exc)
+            await self._compaction_failed(exc)
             return
+        if self._compact_delay:
+            log.warning("store: compaction of %s succeeded again; journal emptied (%d bytes)",
+                        self.path, self.status.journal_bytes)
+        self._compact_delay = 0.0
+        self._room_wanted = 0
+        self.status.compaction_error = ""
+        self._snapshot_bytes = size
         self._journal_lines = 0
+        self.status.journal_bytes = 0
 
-    def _compact_sync(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
+    async def _compaction_failed(self, exc: Exception) -> None:
+        loop = asyncio.get_running_loop()
+        self._compact_delay = min(COMPACT_MAX_DELAY,
+                                  max(COMPACT_FIRST_DELAY, self._compact_delay * 2))
+        self._compact_at = loop.time() + self._compact_delay
+        self._room_wanted = 0
+        if isinstance(exc, OSError) and exc.errno in SPACE_ERRORS:
+            # Try early once there is room for a snapshot, and more room than now.
+            with contextlib.suppress(OSError):
+                free = await loop.run_in_executor(self._executor, self._free_bytes)
+                estimate = self._snapshot_bytes or self.status.journal_bytes
+                self._room_wanted = max(free, estimate) + MIB
+        self.status.compaction_error = str(exc)
+        log.error("store: compaction of %s failed (journal kept, %d bytes; next try in "
+                  "%.0f s%s): %s", self.path, self.status.journal_bytes, self._compact_delay,
+                  ", or once there is room" if self._room_wanted else "", exc)
+
+    def _compact_sync(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> int:
         data: dict[str, dict[str, Any]] = {META_TABLE: {"1": {"schema": SCHEMA_VERSION}}}
         for name, docs in snapshot.items():
             data[name] = {str(i): {**doc, "_key": key}
                           for i, (key, doc) in enumerate(docs.items(), start=1)}
         AtomicJSONStorage(self.path).write(data)
-        # The snapshot holds everything the journal did: start it over.
-        self._journal.close()
-        with open(self.journal_path, "wb") as handle:
-            os.fsync(handle.fileno())
-        self._journal = self._open_journal()
+        # The snapshot holds everything the journal did: start it over (in place:
+        # the append-only descriptor then writes from 0, nothing to reopen).
+        fd = self._journal.fileno()
+        os.ftruncate(fd, 0)
+        os.fsync(fd)
+        self._torn_at = None
+        return self.path.stat().st_size
 
     async def compact(self) -> None:
         """Write a snapshot now and empty the journal."""

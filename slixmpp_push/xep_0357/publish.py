@@ -4,6 +4,14 @@ This is the app server's hot path: walking ``iq.xml`` with ElementTree costs a
 fraction of going through slixmpp's stanza interfaces (see libraries.md), and
 it yields the typed :class:`~slixmpp_push.models.Notification` the rest of the
 code works with.
+
+What a notification keeps is bounded, since it may wait in the pending queue
+(memory and store) for a day: a body longer than any push can carry is cut to
+:data:`MAX_BODY_BYTES` here (the payload builder cuts it further to fit; refusing
+it would make ejabberd drop the registration over one long message), while a
+field no conforming server sends that long (a sender longer than a JID can be,
+an encrypted blob beyond any payload, a publish-options value beyond 4096
+bytes) is refused as malformed, naming it.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import time
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element
 
+from ..limits import MAX_FIELD_BYTES, quoted, too_long
 from ..models import Jingle, Notification, Priority
 from .stanza import (
     NS,
@@ -31,6 +40,14 @@ _ENCRYPTED = f"{{{NS_ENCRYPT}}}encrypted"
 _PRIORITY = f"{{{NS_PRIORITY}}}priority"
 _JINGLE = f"{{{NS_JINGLE}}}jingle"
 _JINGLE_MEDIA = f"{{{NS_JINGLE}}}media"
+
+
+#: The most of a message body any push carries (APNs and FCM payloads: 4096 bytes).
+MAX_BODY_BYTES = 4096
+#: RFC 7622: a JID is at most 3 × 1023 bytes plus the '@' and '/'.
+MAX_JID_BYTES = 3071
+#: The largest payload (an APNs VoIP push): an encrypted blob beyond it never fits.
+MAX_ENCRYPTED_BYTES = 5120
 
 
 class MalformedPublish(ValueError):
@@ -69,12 +86,24 @@ def _count(value: str | None, field: str) -> int | None:
     return count
 
 
+def _bounded(value: str | None, field: str, limit: int = MAX_FIELD_BYTES) -> str | None:
+    if value is not None and too_long(value, limit):
+        raise MalformedPublish(f"field {quoted(field)} is longer than {limit} bytes")
+    return value
+
+
+def _cut(body: str) -> str:
+    if not too_long(body, MAX_BODY_BYTES):
+        return body
+    return body.encode()[:MAX_BODY_BYTES].decode(errors="ignore")
+
+
 def parse_publish(iq: Element) -> Publish:
     """Read node, summary, Tigase extensions and publish-options of a publish IQ."""
     publish = iq.find(_PUBLISH)
     if publish is None:
         raise MalformedPublish("no pubsub publish element")
-    node = publish.get("node")
+    node = _bounded(publish.get("node"), "node")  # ours are 12 characters, tokens 200
     if not node:
         raise MalformedPublish("publish has no node")
     element = publish.find(_NOTIFICATION)
@@ -89,14 +118,17 @@ def parse_publish(iq: Element) -> Publish:
         notification.message_count = _count(fields.get("message-count"), "message-count")
         notification.pending_subscriptions = _count(
             fields.get("pending-subscription-count"), "pending-subscription-count")
-        notification.sender = fields.get("last-message-sender") or None
-        notification.body = fields.get("last-message-body") or None
+        notification.sender = _bounded(fields.get("last-message-sender") or None,
+                                       "last-message-sender", MAX_JID_BYTES)
+        body = fields.get("last-message-body")
+        notification.body = _cut(body) if body else None
         notification.unimportant = fields.get("last-message-body") == ""
 
     encrypted = element.find(_ENCRYPTED)
     if encrypted is not None:
-        notification.encrypted = (encrypted.text or "").strip() or None
-        notification.iv = encrypted.get("iv")
+        notification.encrypted = _bounded((encrypted.text or "").strip() or None,
+                                          "encrypted", MAX_ENCRYPTED_BYTES)
+        notification.iv = _bounded(encrypted.get("iv"), "iv")
         notification.encrypted_type = encrypted.get("type")
         if notification.encrypted is None or not notification.iv:
             raise MalformedPublish("encrypted payload without data or iv")
@@ -112,9 +144,10 @@ def parse_publish(iq: Element) -> Publish:
     jingle = element.find(_JINGLE)
     if jingle is not None:
         notification.jingle = Jingle(
-            sid=jingle.get("sid", ""),
-            action=jingle.get("action", "propose"),
-            media=tuple((m.text or "") for m in jingle.iterfind(_JINGLE_MEDIA)),
+            sid=_bounded(jingle.get("sid", ""), "sid") or "",
+            action=_bounded(jingle.get("action", "propose"), "action") or "",
+            media=tuple(_bounded(m.text or "", "media") or "" for m in
+                        jingle.iterfind(_JINGLE_MEDIA)),
         )
 
     options = iq.find(_OPTIONS_FORM)
@@ -122,6 +155,9 @@ def parse_publish(iq: Element) -> Publish:
         values = form_values(options)
         form_type = values.pop("FORM_TYPE", None)
         if form_type is not None and form_type not in PUBLISH_OPTIONS_FORM_TYPES:
-            raise MalformedPublish(f"publish-options has unknown FORM_TYPE {form_type!r}")
+            raise MalformedPublish(
+                f"publish-options has unknown FORM_TYPE {quoted(form_type)}")
+        for var, value in values.items():
+            _bounded(value, var)
         notification.publish_options = values
     return Publish(node=node, notification=notification)

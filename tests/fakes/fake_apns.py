@@ -32,9 +32,22 @@ like the real service, because the client depends on it:
   others are 400 TopicDisallowed. These checks come before the device token's,
   as at Apple.
 
-Scripting: :attr:`FakeApns.responses` maps a token to ``(status, reason)``;
-:meth:`FakeApns.set_outage` answers every request with one error (optionally
-with Retry-After); :attr:`FakeApns.hang` accepts requests and never answers.
+- Provider token updates, when :attr:`FakeApns.min_token_interval` is set
+  (Apple: 20 minutes; off by default, as Apple's exact rule is unpublished): a
+  new valid token of a key that arrives sooner than that after the key's
+  previous new token is refused 429 TooManyProviderTokenUpdates (and not
+  adopted: the previous token keeps working).
+
+Scripting: :attr:`FakeApns.responses` maps a token to ``(status, reason)``
+(:meth:`FakeApns.respond` adds a Retry-After); :meth:`FakeApns.set_outage`
+answers every request with one error (optionally with Retry-After);
+:attr:`FakeApns.hang` accepts requests and never answers.
+
+Faults from outside, as an operator meets them: :attr:`FakeApns.untrusted`
+presents, on each new handshake, a certificate of a CA the client does not
+trust; :attr:`FakeApns.reset_ratio` resets that fraction of the requests'
+connections (TCP RST, the request unanswered) once the request has arrived;
+stopping the fake leaves a refused port.
 
 Standalone (benchmarks, subprocess tests)::
 
@@ -51,9 +64,12 @@ import contextlib
 import email.utils
 import json
 import signal
+import socket
+import struct
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -72,6 +88,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 
+from .control import serve_commands
 from .tls import TestCA
 
 __all__ = ["ApnsRecord", "FakeApns", "FakeApnsConnection"]
@@ -214,6 +231,9 @@ class FakeApnsConnection(asyncio.Protocol):
         )
         if server.hang:
             return  # accepted, never answered
+        if server._reset_now():
+            self._reset()
+            return
         refused = server._authenticate(stream.headers, self.client_cert)
         if refused is not None:
             status, reason, retry_after = *refused, None
@@ -265,6 +285,15 @@ class FakeApnsConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _reset(self) -> None:
+        """Drop the connection with a TCP RST, as a middlebox or a crash does."""
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+        self.server.resets += 1
+
 
 class FakeApns:
     """The fake service: ``async with FakeApns(ca) as fake: ... fake.endpoint``.
@@ -299,6 +328,15 @@ class FakeApns:
         self.outage: tuple[int, str] | None = None
         self.outage_retry_after: int | None = None
         self.hang = False
+        self.retry_afters: dict[str, int] = {}  # token -> Retry-After of its scripted reply
+        #: Present an untrusted certificate on new handshakes (a fault that can end).
+        self.untrusted = False
+        #: Fraction of requests whose connection is reset instead of answered.
+        self.reset_ratio = 0.0
+        self._reset_credit = 0.0
+        #: Seconds a key must wait between new provider tokens (None: any rate).
+        self.min_token_interval: float | None = None
+        self._key_tokens: dict[str, tuple[str, float]] = {}  # kid -> (token, adopted at)
         self.clock_offset = 0.0  # seconds the fake's clock is ahead of the real one
         #: key id -> (team id, EC public key); None: provider tokens are not checked.
         self.provider_keys: dict[str, tuple[str, Any]] | None = None
@@ -307,6 +345,8 @@ class FakeApns:
         # Observations
         self.requests: list[ApnsRecord] = []
         self.connections: list[FakeApnsConnection] = []
+        self.resets = 0  # connections reset by reset_ratio
+        self.handshakes_untrusted = 0  # handshakes offered the untrusted certificate
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._server: asyncio.base_events.Server | None = None
 
@@ -324,6 +364,15 @@ class FakeApns:
         """Answer every request with this error until :meth:`end_outage`."""
         self.outage = (status, reason)
         self.outage_retry_after = retry_after
+
+    def respond(self, token: str, status: int, reason: str, retry_after: int | None = None,
+                ) -> None:
+        """Answer requests for ``token`` with this error (and Retry-After header)."""
+        self.responses[token] = (status, reason)
+        if retry_after is None:
+            self.retry_afters.pop(token, None)
+        else:
+            self.retry_afters[token] = retry_after
 
     def add_provider_key(self, key_id: str, team_id: str, public_key: Any) -> None:
         """Accept provider tokens signed by this key (from then on, only registered keys)."""
@@ -356,7 +405,8 @@ class FakeApns:
         return self.requests
 
     async def start(self) -> None:
-        ctx = self.ca.server_ssl_context(alpn=None, verify_client=self.verify_client)
+        ctx = self.ca.switchable_server_context(self._untrusted_now, None,
+                                                verify_client=self.verify_client)
         self._server = await asyncio.get_running_loop().create_server(
             self._new_connection, self.host, self.port, ssl=ctx
         )
@@ -384,6 +434,22 @@ class FakeApns:
         connection = FakeApnsConnection(self)
         self.connections.append(connection)
         return connection
+
+    def _untrusted_now(self) -> bool:
+        if self.untrusted:
+            self.handshakes_untrusted += 1
+        return self.untrusted
+
+    def _reset_now(self) -> bool:
+        """Whether to reset this request's connection: ``reset_ratio`` of them,
+        evenly spread (deterministic, so that counts in tests are exact)."""
+        if self.reset_ratio <= 0:
+            return False
+        self._reset_credit += self.reset_ratio
+        if self._reset_credit >= 1.0:
+            self._reset_credit -= 1.0
+            return True
+        return False
 
     def _record(self, record: ApnsRecord) -> None:
         self.requests.append(record)
@@ -418,7 +484,7 @@ class FakeApns:
     def _check_jwt(self, bearer: str) -> tuple[int, str] | None:
         assert self.provider_keys is not None
         try:
-            key_id = jwt.get_unverified_header(bearer).get("kid")
+            key_id = str(jwt.get_unverified_header(bearer).get("kid"))
             team_id, public_key = self.provider_keys[key_id]
             claims = jwt.decode(bearer, public_key, algorithms=["ES256"],
                                 options={"verify_exp": False, "verify_iat": False,
@@ -432,6 +498,12 @@ class FakeApns:
             return 403, "ExpiredProviderToken"
         if age < -self.JWT_LEEWAY:
             return 403, "InvalidProviderToken"
+        current = self._key_tokens.get(key_id)
+        if current is None or current[0] != bearer:
+            if (current is not None and self.min_token_interval is not None
+                    and self.now() - current[1] < self.min_token_interval):
+                return 429, "TooManyProviderTokenUpdates"
+            self._key_tokens[key_id] = (bearer, self.now())
         return None
 
     def _decide(
@@ -446,7 +518,7 @@ class FakeApns:
             return self.outage[0], self.outage[1], self.outage_retry_after
         if token in self.responses:
             status, reason = self.responses[token]
-            return status, reason, None
+            return status, reason, self.retry_afters.get(token)
         if self.dead_token_prefix and token.startswith(self.dead_token_prefix):
             return 410, "Unregistered", None
         if not token.strip("0"):
@@ -471,11 +543,38 @@ async def _serve(args: argparse.Namespace) -> None:
         fake._record = record_and_log  # type: ignore[method-assign]
     async with fake:
         print(f"PORT {fake.port}", flush=True)
+        if args.control:
+            await serve_commands(_commands(fake))
+            return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+
+
+def _commands(fake: FakeApns) -> dict[str, Callable[[list[str]], str]]:
+    """``--control``: faults from the test's process (fakes.control.FakeProcess)."""
+
+    def untrusted(args: list[str]) -> str:
+        fake.untrusted = args == ["on"]
+        if fake.untrusted:  # as a server restarted with another certificate
+            for connection in fake.connections:
+                connection._close()
+        return "OK"
+
+    def reset(args: list[str]) -> str:
+        fake.reset_ratio = float(args[0])
+        return "OK"
+
+    def stats(_: list[str]) -> str:
+        count = len(fake.requests)
+        fake.requests.clear()  # the fake's own memory stays flat too
+        fake.connections = [c for c in fake.connections if not c.closed]
+        return (f"requests={count} resets={fake.resets} "
+                f"untrusted={fake.handshakes_untrusted}")
+
+    return {"untrusted": untrusted, "reset": reset, "stats": stats}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -486,6 +585,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dead-prefix", default=None, help="tokens answered 410 Unregistered")
     parser.add_argument("--log-requests", action="store_true",
                         help="print 'REQ <token> <monotonic time>' for each request")
+    parser.add_argument("--control", action="store_true",
+                        help="take fault commands on stdin (fakes.control); stop at EOF")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 

@@ -33,6 +33,10 @@ are not a short-lived window around its clock and, once
 account ("account not found") or not signed by the account's key ("Invalid JWT
 Signature.").
 
+Faults from outside: :attr:`FakeFcm.untrusted` presents, on each new
+handshake, a certificate of a CA the client does not trust; the :data:`DROP`
+outage aborts each connection as its request arrives.
+
 Like Google's, every reply carries a ``date`` header, from the fake's clock
 (real time plus :attr:`FakeFcm.clock_offset`). :attr:`FakeFcm.issued_tokens`,
 when set, are the registration tokens Google issued: a message (dry run or not)
@@ -59,7 +63,7 @@ import signal
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -72,6 +76,7 @@ import h2.settings
 import h11
 import jwt
 
+from .control import serve_commands
 from .tls import TestCA
 
 __all__ = ["FCM_ERRORS", "ErrorSpec", "FakeFcm", "RecordedRequest"]
@@ -247,6 +252,9 @@ class FakeFcm:
         #: tokens; None: any well-formed assertion gets one.
         self.service_accounts: dict[str, Any] | None = None
         self.clock_offset = 0.0  # seconds the fake's clock is ahead of the real one
+        #: Present, on each new handshake, a certificate the client does not trust.
+        self.untrusted = False
+        self.handshakes_untrusted = 0
         self.connections = 0
         self.alpn_selected: list[str | None] = []
         self.in_flight = 0
@@ -327,7 +335,7 @@ class FakeFcm:
 
     async def start(self) -> Self:
         self._changed = asyncio.Condition()
-        ctx = self.ca.server_ssl_context(alpn=self.alpn)
+        ctx = self.ca.switchable_server_context(self._untrusted_now, self.alpn)
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Connection(self), self.host, self.port, ssl=ctx
         )
@@ -353,6 +361,11 @@ class FakeFcm:
         await self.stop()
 
     # -- the endpoint --------------------------------------------------------
+
+    def _untrusted_now(self) -> bool:
+        if self.untrusted:
+            self.handshakes_untrusted += 1
+        return self.untrusted
 
     def _opened(self) -> None:
         """A request started arriving (counts towards :attr:`max_in_flight`)."""
@@ -813,6 +826,8 @@ async def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--project", action="append", help="accepted project id (repeatable)")
     parser.add_argument("--token", help="required bearer token (default: any)")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--control", action="store_true",
+                        help="take fault commands on stdin (fakes.control); stop at EOF")
     args = parser.parse_args(argv)
     async with FakeFcm(
         host=args.host,
@@ -823,11 +838,37 @@ async def _main(argv: list[str] | None = None) -> None:
     ) as fake:
         print(fake.port, flush=True)
         print(f"ca_file={fake.ca_file}", flush=True)
+        if args.control:
+            await serve_commands(_commands(fake))
+            return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+
+
+def _commands(fake: FakeFcm) -> dict[str, Callable[[list[str]], str]]:
+    """``--control``: faults from the test's process (fakes.control.FakeProcess)."""
+
+    def untrusted(args: list[str]) -> str:
+        fake.untrusted = args == ["on"]
+        if fake.untrusted:  # as a server restarted with another certificate
+            for handler in list(fake._handlers):
+                handler.abort()
+        return "OK"
+
+    def drop(args: list[str]) -> str:
+        fake.set_outage(DROP if args == ["on"] else None)
+        return "OK"
+
+    def stats(_: list[str]) -> str:
+        dropped = sum(1 for r in fake.requests if r.status == 0)
+        count = len(fake.requests)
+        fake.requests.clear()  # the fake's own memory stays flat too
+        return f"requests={count} dropped={dropped} untrusted={fake.handshakes_untrusted}"
+
+    return {"untrusted": untrusted, "drop": drop, "stats": stats}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ real TLS and HTTP/2 stacks run, with nothing trusted beyond this test::
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import trustme
@@ -53,6 +54,27 @@ class TestCA:
         if verify_client:
             self._ca.configure_trust(ctx)
             ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
+    def switchable_server_context(
+        self, untrusted: Callable[[], bool], alpn: list[str] | None = None, *,
+        verify_client: bool = False,
+    ) -> ssl.SSLContext:
+        """:meth:`server_ssl_context`, but while ``untrusted()`` is true each new
+        handshake presents a certificate from another CA, one the client does
+        not trust (a fault that can start and end while the server runs)."""
+        ctx = self.server_ssl_context(alpn, verify_client=verify_client)
+        impostor = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        trustme.CA().issue_cert("127.0.0.1", "localhost", "::1").configure_cert(impostor)
+        if alpn:
+            impostor.set_alpn_protocols(alpn)
+
+        def choose(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            # Called for every ClientHello, with or without SNI.
+            if untrusted():
+                sslobj.context = impostor
+
+        ctx.sni_callback = choose
         return ctx
 
     def client_ssl_context(self, alpn: list[str] | None = None) -> ssl.SSLContext:

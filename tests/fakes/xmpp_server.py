@@ -6,6 +6,14 @@ It listens on 127.0.0.1, accepts the component stream
 sends stanzas to the component and awaits the replies to its IQs (matched by
 id, with timeouts); every stanza the component sends is recorded.
 
+Like a real server it routes what the component addresses to its own JID back
+to it (the component's XEP-0199 keepalive pings itself that way). Faults a
+test can inject into a live session: :meth:`ComponentSession.restart_stream`
+(a second ``<stream:stream>`` header), :meth:`ComponentSession.stop_answering`
+(a hung server: it reads, but routes and answers nothing) and
+:meth:`ComponentSession.freeze` (a half-open connection: nothing read, nothing
+written, no FIN).
+
 Each accepted connection is a :class:`ComponentSession`. The component may
 disconnect and come back (a ``kill -9`` and a restart): the new connection is
 a new session, and the IQs still waiting on the dead one fail at once with
@@ -118,6 +126,8 @@ class ComponentSession:
         self._reader = reader
         self._writer = writer
         self._waiting: dict[str, asyncio.Future[ET.Element]] = {}
+        self.answering = True  # route the component's self-addressed stanzas back
+        self.frozen = False  # half-open: nothing goes out
 
     def __repr__(self) -> str:
         state = "closed" if self.closed.is_set() else (
@@ -138,6 +148,25 @@ class ComponentSession:
     def send_raw(self, data: str) -> None:
         """Write ``data`` as it is (for malformed-XML tests)."""
         self._write(data)
+
+    # -- faults ----------------------------------------------------------------------
+    def restart_stream(self) -> None:
+        """Send a second stream header on the live stream, as a confused server or a
+        proxy that reconnected upstream does (no XML declaration: mid-stream it parses
+        as the start of an element that never ends)."""
+        self._write(f"<stream:stream xmlns:stream='{NS_STREAM}' xmlns='{NS_COMPONENT}' "
+                    f"from='{self.server.jid}' id='{secrets.token_hex(8)}'>")
+
+    def stop_answering(self) -> None:
+        """A hung server: stanzas are still read (and recorded), nothing is routed back."""
+        self.answering = False
+
+    def freeze(self) -> None:
+        """A half-open connection: stop reading, write nothing, keep the socket open."""
+        self.frozen = True
+        transport = self._writer.transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
 
     async def request(self, stanza: str | ET.Element, timeout: float = 10.0) -> ET.Element:
         """Send an IQ (an id is added when it has none) and return its reply.
@@ -166,7 +195,8 @@ class ComponentSession:
     def _write(self, data: str) -> None:
         if self.closed.is_set() or self._writer.is_closing():
             raise ComponentGone(f"session #{self.index} is closed ({self.close_reason})")
-        self._writer.write(data.encode())
+        if not self.frozen:
+            self._writer.write(data.encode())
 
     # -- the connection --------------------------------------------------------------
     async def run(self) -> None:
@@ -235,6 +265,9 @@ class ComponentSession:
             self.server._authenticated(self)
             return True
         self.server._received(Received(self.index, element, time.monotonic()))
+        if element.get("to") == self.server.jid and self.answering:
+            self._write_quietly(tostring(element, xmlns=NS_COMPONENT))  # routed back
+            return True
         if element.tag == _IQ and element.get("type") in ("result", "error"):
             future = self._waiting.get(element.get("id", ""))
             if future is not None and not future.done():

@@ -1,0 +1,231 @@
+"""Keep the app server's XMPP stream up, and tell the truth about it.
+
+slixmpp connects and parses, but it cannot tell a stream that stopped carrying
+stanzas from a quiet one: a server that restarts the stream (a second
+``<stream:stream>`` header nests every later stanza inside a bogus element), a
+hung server, or a half-open TCP connection all leave the component "connected"
+and deaf. And it retries a refused login forever without saying why.
+:class:`StreamKeeper` runs the connection for ``serve``:
+
+- it connects; when an attempt ends before a session starts (refused handshake,
+  wrong port, nothing listening, no answer), it asks the doctor's XMPP check
+  (:func:`slixmpp_push.doctor.xmpp.check_xmpp`, a raw stream that reads the
+  server's own words) why, and logs that in one line with the likely fix;
+  then it waits (1 s, doubling up to :data:`RECONNECT_MAX_DELAY`) and retries;
+- while a session is up it pings (XEP-0199) every ``[xmpp] ping_interval``; a
+  ping not answered within ``ping_timeout`` means the stream is stuck: the
+  connection is aborted and a new one made;
+- it reports each state to :class:`~slixmpp_push.metrics.Metrics`, so that
+  ``/health`` is ready only while the stream is usable, and says why not.
+
+A component pings its own JID: the server routes the ping back to us and our
+XEP-0199 handler answers it, so the round trip crosses the stream both ways
+and needs no host name of the server (pinging the parent domain could start
+an s2s attempt slower than the timeout). A client pings its server's domain.
+Any answer counts, an error too: it crossed the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from slixmpp import JID
+from slixmpp.basexmpp import BaseXMPP
+from slixmpp.exceptions import IqError, IqTimeout
+
+from .config import XmppConfig
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RECONNECT_FIRST_DELAY = 1.0
+RECONNECT_MAX_DELAY = 30.0
+#: A session that lasted this long was no tight failure loop: back to the first delay.
+STABLE_SESSION = 60.0
+#: A login (TCP, stream header, handshake or SASL) may take this many ping timeouts.
+LOGIN_TIMEOUTS = 3
+
+
+class StreamKeeper:
+    """Connects ``xmpp`` as ``settings`` say, keeps it connected, reports to ``metrics``.
+
+    ``run(stopping)`` returns once ``stopping`` is set; the caller disconnects.
+    ``session`` is set while a session is up.
+    """
+
+    def __init__(self, xmpp: BaseXMPP, settings: XmppConfig, metrics: Metrics) -> None:
+        self.xmpp = xmpp
+        self.settings = settings
+        self.metrics = metrics
+        self.where = f"{settings.host}:{settings.port}"
+        self.session = asyncio.Event()
+        self._gone = asyncio.Event()  # the current attempt's connection ended
+        self._had_session = False  # the current attempt got as far as a session
+        self._ended = ""  # why the server ended the stream (its stream error)
+        self._stuck = ""  # set when a ping went unanswered
+        self._pinger: asyncio.Task[None] | None = None
+        for event, handler in self._handlers():
+            xmpp.add_event_handler(event, handler)
+
+    def _handlers(self) -> list[tuple[str, Any]]:
+        return [("session_start", self._on_session), ("disconnected", self._on_disconnected),
+                ("stream_error", self._on_stream_error),
+                ("reconnect_delay", self._on_reconnect_delay)]
+
+    def close(self) -> None:
+        """Remove the event handlers and stop pinging."""
+        for event, handler in self._handlers():
+            self.xmpp.del_event_handler(event, handler)
+        self._stop_pinging()
+
+    # -- slixmpp's events ------------------------------------------------------------
+    def _on_session(self, _event: object) -> None:
+        log.info("connected to %s as %s", self.where, self.xmpp.boundjid)
+        self.session.set()
+        self._had_session = True
+        self.metrics.set_connected(True)
+        self._stop_pinging()
+        self._pinger = asyncio.ensure_future(self._ping_loop())
+
+    def _on_disconnected(self, _reason: object) -> None:
+        self._stop_pinging()
+        was_up = self.session.is_set()
+        self.session.clear()
+        self._gone.set()
+        if was_up:
+            self.metrics.set_connected(False, f"{self._end_reason()}; reconnecting")
+        else:
+            self.metrics.set_connected(False, f"connecting to {self.where}")
+
+    def _end_reason(self) -> str:
+        if self._stuck:
+            return self._stuck
+        if self._ended:
+            return f"the server closed the stream: {self._ended}"
+        return "the connection to the server was lost"
+
+    def _on_stream_error(self, error: Any) -> None:
+        self._ended = " ".join(part for part in (error["condition"], error["text"]) if part)
+
+    def _on_reconnect_delay(self, _wait: object) -> None:
+        # slixmpp found nothing to connect to (refused, unreachable, no DNS) and would
+        # retry on its own schedule, growing to 5 minutes, silently. Take over: the
+        # failure is diagnosed and retried with our backoff.
+        self.xmpp.cancel_connection_attempt()
+        self._gone.set()
+
+    # -- the connection loop ---------------------------------------------------------
+    async def run(self, stopping: asyncio.Event) -> None:
+        delay = RECONNECT_FIRST_DELAY
+        loop = asyncio.get_running_loop()
+        quiet = False  # after a failed login the retries are logged by the diagnosis
+        while not stopping.is_set():
+            self._gone.clear()
+            self._had_session = False
+            self._ended = self._stuck = ""
+            began = loop.time()
+            (log.debug if quiet else log.info)(
+                "connecting to %s as %s", self.where, self.settings.jid)
+            if self.settings.mode == "component":
+                self.xmpp.connect()
+            else:
+                self.xmpp.connect(self.settings.host, self.settings.port)
+            login = await self._first(stopping, self.session, self._gone,
+                                      timeout=LOGIN_TIMEOUTS * self.settings.ping_timeout)
+            if stopping.is_set():
+                return
+            if self._had_session:
+                await self._first(stopping, self._gone)
+                if stopping.is_set():
+                    return
+                cause = "stuck" if self._stuck else "ended"
+                if loop.time() - began > STABLE_SESSION:
+                    delay = RECONNECT_FIRST_DELAY
+                log.warning("%s; reconnecting in %.0f s", self._end_reason(), delay)
+                quiet = False
+            else:
+                if not login:  # neither a session nor an end: a stalled login
+                    await self._abort()
+                cause = "login_failed"
+                problem = await self._diagnose(stalled=not login)
+                self.metrics.set_connected(False, problem)
+                log.error("%s (retrying in %.0f s)", problem, delay)
+                quiet = True
+            self.metrics.reconnects.labels(cause).inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    async def _diagnose(self, *, stalled: bool) -> str:
+        """One line: why the login failed, and the likely fix (the doctor's check, on a
+        stream of its own: slixmpp does not keep what the server said)."""
+        from .doctor.report import Status
+        from .doctor.xmpp import check_xmpp
+
+        seen = self._ended and f"the server closed the stream: {self._ended}"
+        if stalled:
+            seen = (f"no session within {LOGIN_TIMEOUTS * self.settings.ping_timeout:g} s "
+                    f"at {self.where}")
+        result = await check_xmpp(self.settings, self.settings.ping_timeout)
+        prefix = f"cannot log in to {self.where} as {self.settings.jid}"
+        if result.status is Status.FAIL:
+            return f"{prefix}: {result.detail}. Fix: {result.fix}"
+        # The check got in where we did not: say what we saw, and what it saw.
+        return f"{prefix}: {seen or 'the connection ended'} (a second try: {result.detail})"
+
+    async def _abort(self) -> None:
+        """End a stalled attempt, connected or not."""
+        self.xmpp.cancel_connection_attempt()
+        if self.xmpp.transport is not None:
+            self.xmpp.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gone.wait(), 5.0)
+
+    @staticmethod
+    async def _first(*events: asyncio.Event, timeout: float | None = None) -> bool:
+        """Wait until one of ``events`` is set; False on timeout."""
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return bool(done)
+
+    # -- pings -------------------------------------------------------------------------
+    def _ping_target(self) -> tuple[JID, JID | None]:
+        """(to, from): a component pings itself through the server (see the module)."""
+        if self.settings.mode == "component":
+            return self.xmpp.boundjid, self.xmpp.boundjid
+        return JID(self.xmpp.boundjid.domain), None
+
+    async def _ping_loop(self) -> None:
+        ping: Any = self.xmpp.plugin["xep_0199"]
+        timeout = self.settings.ping_timeout
+        to, sender = self._ping_target()
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.ping_interval)
+            sent = loop.time()
+            try:
+                await ping.send_ping(to, ifrom=sender, timeout=timeout)
+            except IqError:
+                pass  # an error reply crossed the stream too
+            except IqTimeout:
+                self._stuck = (f"no answer to a ping (XEP-0199) within {timeout:g} s: "
+                               "the stream is stuck")
+                self.metrics.set_connected(False, f"{self._stuck}; reconnecting")
+                log.error("%s; dropping the connection to %s", self._stuck, self.where)
+                self._pinger = None  # this task ends here; abort() must not cancel it
+                self.xmpp.abort()
+                return
+            self.metrics.ping_seconds.set(loop.time() - sent)
+
+    def _stop_pinging(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None

@@ -13,6 +13,7 @@ from slixmpp import ClientXMPP
 
 import slixmpp_push  # noqa: F401
 from slixmpp_push import MemoryStore, Policy, Priority, Step
+from slixmpp_push.errors import StoreError
 from slixmpp_push.notifier.ingest import (
     AlertReceiver,
     BadRequest,
@@ -156,3 +157,43 @@ async def test_rate_limit_answers_429(receiver: AlertReceiver) -> None:
     answers = [(await post(receiver, "/notify", json.dumps({"title": f"t{i}"})))[0]
                for i in range(4)]
     assert answers[:2] == [200, 200] and 429 in answers[2:]
+
+
+class FlakyStore(MemoryStore):
+    """A store whose disk can fill up (the dependency, not the thing under test)."""
+
+    full = False
+
+    async def _persist(self, ops: Any) -> None:
+        if self.full:
+            raise StoreError("[Errno 28] No space left on device")
+
+
+async def test_a_page_that_cannot_be_stored_is_answered_503_and_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = FlakyStore()
+    bot = ClientXMPP("pager@example.org", "x")
+    bot.register_plugin("push_notifier", {
+        "policies": {"oncall": Policy("oncall", (Step(("alice@example.org",), 60),))},
+        "chat": False, "store": store})
+    notifier = bot.plugin["push_notifier"]
+    await notifier.start()
+    server = AlertReceiver(notifier, ReceiverConfig(port=0, token=TOKEN, rate_burst=1000))
+    await server.start()
+    try:
+        store.full = True
+        with caplog.at_level("ERROR", logger="slixmpp_push.notifier.ingest"):
+            answers = [await post(server, "/notify", json.dumps({"title": f"disk {i}"}))
+                       for i in range(3)]
+        assert [status for status, _ in answers] == [503, 503, 503]
+        assert "try again" in answers[0][1]["error"]
+        assert len([r for r in caplog.records if "cannot keep a page" in r.getMessage()]) == 1
+        assert not any(r.exc_info for r in caplog.records)
+        store.full = False
+        assert notifier.engine.pages == {}  # nothing half-open: the retry pages afresh
+        status, body = await post(server, "/notify", json.dumps({"title": "disk 0"}))
+        assert status == 200 and body["created"] is True
+        assert notifier.engine.find(body["page"]) is not None
+    finally:
+        await server.stop()
+        await notifier.stop()

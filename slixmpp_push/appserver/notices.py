@@ -32,7 +32,7 @@ from slixmpp.exceptions import XMPPError
 from slixmpp.plugins.xep_0004 import Form
 from slixmpp.plugins.xep_0030 import DiscoInfo, DiscoItems
 
-from ..logs import loggable_node
+from ..logs import LogSampler, loggable_node
 from ..models import Notification, Priority, Registration
 from ..store import Store
 from .adhoc import COMMANDS_NS, withdraw_command
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .plugin import PushAppServer
 
 log = logging.getLogger(__name__)
+_failures = LogSampler(log)
 
 NODE = "send-notification"
 NAME = "Send a notification"
@@ -144,7 +145,10 @@ async def send_notice(notifier: Notifier, registrations: list[Registration], tit
             try:
                 summary.count(await notifier.notify(registration, notification))
             except Exception as exc:  # QueueFull, StoreError: this device got nothing
-                log.warning("notice to node %s failed: %s", loggable_node(registration.node), exc)
+                # A full queue or disk fails every device alike: one line a minute, with
+                # the count; the summary reports each failure.
+                _failures.log(logging.WARNING, type(exc).__name__, "notice to node %s failed: %s",
+                              loggable_node(registration.node), exc)
                 summary.failed += 1
             if progress is not None:
                 progress(summary.done, summary.total)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..appserver.delivery import RateLimiter
-from ..errors import MissingDependency
+from ..errors import MissingDependency, StoreError
+from ..logs import LogSampler
 from ..models import Priority
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .plugin import PushNotifier
 
 log = logging.getLogger(__name__)
+_store_errors = LogSampler(log)
 
 SEVERITY_PRIORITY = {"critical": Priority.CRITICAL, "page": Priority.CRITICAL,
                      "error": Priority.HIGH, "warning": Priority.HIGH,
@@ -210,6 +212,12 @@ class AlertReceiver:
                 return self._error(400, str(exc), exc.field)
             except web.HTTPRequestEntityTooLarge:
                 return self._error(413, f"body larger than {self.config.max_body} bytes")
+            except StoreError as exc:
+                # The page could not be kept (a full disk): the sender must try again,
+                # and Alertmanager retries a 5xx. Logged once per minute, not per request.
+                _store_errors.log(logging.ERROR, "store", "cannot keep a page: %s", exc)
+                return self._error(503, "the pager cannot store the page right now; "
+                                        "try again", headers={"Retry-After": "30"})
         return guard
 
     async def _json(self, request: web.Request) -> Any:

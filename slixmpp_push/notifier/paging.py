@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+from ..errors import StoreError
 from ..models import Priority
 from ..store import PAGES, Store
 from .models import Page, PageState, Policy
@@ -106,7 +107,14 @@ class PageEngine:
         page.log(now, "opened", source)
         self.pages[page.id] = page
         self._by_key[key] = page.id
-        await self._run_step(page)
+        try:
+            await self._run_step(page)
+        except StoreError:
+            # Neither kept nor sent (the save comes first): forget it, so that the
+            # sender's retry opens it afresh instead of finding a page nobody runs.
+            del self.pages[page.id]
+            self._by_key.pop(key, None)
+            raise
         return page, True
 
     async def ack(self, page: Page, by: str) -> None:

@@ -583,3 +583,20 @@ async def test_close_is_clean_and_idempotent(fake: FakeFcm) -> None:
     after = await provider.send(wake())
     assert after.outcome is Outcome.RETRY
     assert len(fake.requests) == 1
+
+
+def test_a_connection_ended_mid_read_is_named_closed_not_by_class() -> None:
+    """httpx raises ReadError for an EOF with no OS error under it (a dropped peer)."""
+    import httpx
+
+    from slixmpp_push.providers.base import CLOSED, RESET, transport_reason
+
+    assert transport_reason(httpx.ReadError("")) == CLOSED
+    assert transport_reason(httpx.WriteError("")) == CLOSED
+    try:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as cause:
+            raise httpx.ReadError("reset") from cause
+    except httpx.ReadError as wrapped:
+        assert transport_reason(wrapped) == RESET  # the OS error underneath wins

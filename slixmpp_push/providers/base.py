@@ -190,6 +190,10 @@ def transport_reason(exc: BaseException) -> str:
                 name == "LocalProtocolError" and "CLOSED" in str(inner)):  # written to it after
             return CLOSED
     for inner in chain:
+        # httpx/httpcore: the peer ended the connection mid-read or mid-write, without
+        # an OS error underneath (an EOF): to us, as closed as a "Server disconnected".
+        if type(inner).__name__ in ("ReadError", "WriteError"):
+            return CLOSED
         if isinstance(inner, OSError) and inner.strerror:
             return f"network: {inner.strerror}"
     return type(exc).__name__

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from .config import Config, check_startup, load_config
 from .errors import ConfigError, MissingDependency, StoreError
-from .logs import setup_logging
+from .logs import setup_logging, short_token
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -75,7 +75,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
             if args.action == "list":
                 rows = sorted(store.registrations(), key=lambda r: (r.account, r.created))
                 for r in rows:
-                    token = r.token[:8] + "…"
+                    token = short_token(r.token)
                     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated))
                     print(f"{r.node}\t{r.account}\t{r.app}\t{r.dialect.value}\t{token}\t{when}")
                 print(f"{len(rows)} registration(s), {len(store.table('pending'))} pending",

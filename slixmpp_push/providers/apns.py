@@ -76,6 +76,7 @@ from h2.events import DataReceived
 from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 
 from ..errors import ConfigError, DeliveryResult, Outcome
+from ..logs import short_token
 from .base import (
     AUTH_REJECTED,
     CERT_REFUSED,
@@ -161,7 +162,6 @@ class ApnsProvider(Provider):
     CONNECT_BACKOFF: ClassVar[float] = 0.5
     CONNECT_BACKOFF_MAX: ClassVar[float] = 5.0  # also the longest wait once APNs is back
     #: Characters of a device token that may appear in logs.
-    LOG_TOKEN_CHARS: ClassVar[int] = 8
 
     # The probe (``slixmpp-push doctor``): one background push to a token no
     # device can have. Apple checks the provider token (or certificate) and the
@@ -259,7 +259,7 @@ class ApnsProvider(Provider):
         held = self.paused()
         if held is not None:
             return held
-        token = self._short(request.token)
+        token = short_token(request.token)
         try:
             push_type = PushType(request.push_type)
         except ValueError:
@@ -554,11 +554,6 @@ class ApnsProvider(Provider):
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(self._key("key_file"), "APNs keys are EC P-256 (ES256)")
         return pem
-
-    @classmethod
-    def _short(cls, token: str) -> str:
-        """A token prefix for logs: enough to correlate, useless to push with."""
-        return token[: cls.LOG_TOKEN_CHARS] + "…"
 
 
 class _AbsoluteExpiration(int):

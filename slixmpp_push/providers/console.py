@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, TextIO
 
 from ..errors import DeliveryResult, Outcome
+from ..logs import short_token
 from .base import ApnsRequest, ProbeResult, ProbeStatus, Provider, PushRequest
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class ConsoleProvider(Provider):
         self._counter += 1
         self.sent.append(request)
         fields = asdict(request)
-        fields["token"] = request.token[:8] + "…"
+        fields["token"] = short_token(request.token)
         shape = "APNs" if isinstance(request, ApnsRequest) else "FCM"
         line = json.dumps(fields, ensure_ascii=False, sort_keys=True)
         print(f"[push {self.id} as {shape}] {line}", file=self.stream, flush=True)

@@ -29,6 +29,7 @@ from slixmpp import JID, ClientXMPP
 from slixmpp.jid import InvalidJID
 
 from ..errors import ConfigError
+from ..logs import short_token
 from ..store import Store, TinyDBStore
 from .dialects import DIALECT_NAMES, ClientRegistration
 from .errors import RegistrarError
@@ -270,5 +271,5 @@ async def _status(args: argparse.Namespace, registrar: PushRegistrar) -> int:
         enabled = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(registration.enabled_at))
                    if registration.enabled_at else "never")
         print(f"{_label(registration)}: node {registration.node}, "
-              f"token {registration.token[:8]}…, last enabled {enabled}")
+              f"token {short_token(registration.token)}, last enabled {enabled}")
     return 0

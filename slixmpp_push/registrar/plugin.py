@@ -63,7 +63,7 @@ from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..errors import StoreError
-from ..logs import loggable_node
+from ..logs import loggable_node, short_token
 from ..store import CLIENT_REGISTRATIONS, MemoryStore, Store, TinyDBStore
 from ..xep_0357.stanza import NS, PUBLISH_OPTIONS_FORM_TYPE, MutedItem, register_stanzas
 from .dialects import (
@@ -117,10 +117,6 @@ async def _open_once(store: Store) -> None:
         if opening.done() and _opening.get(store) is opening:
             del _opening[store]  # let a later start() try again
         raise
-
-
-def _short(token: str) -> str:
-    return token[:8] + "…" if len(token) > 8 else token
 
 
 class PushRegistrar(BasePlugin):
@@ -435,7 +431,7 @@ class PushRegistrar(BasePlugin):
     async def _reregister(self, registration: ClientRegistration, token: str,
                           voip: str | None) -> ClientRegistration:
         log.info("token of %s changed (%s → %s): registering again", registration.app_server,
-                 _short(registration.token), _short(token))
+                 short_token(registration.token), short_token(token))
         return await self.register(
             token, dialect=registration.dialect, app_server=registration.app_server,
             provider=registration.provider, voip_token=voip,
@@ -455,7 +451,7 @@ class PushRegistrar(BasePlugin):
                                    spec.unregister_fields(old))
             except RegistrarError as error:
                 log.warning("could not unregister the replaced token %s: %s",
-                            _short(old.token), error)
+                            short_token(old.token), error)
 
     # -- store ------------------------------------------------------------------------
     def _get(self, key: str) -> ClientRegistration | None:

@@ -1,19 +1,19 @@
 """Pytest fixtures and helpers for tests against real Prosody / ejabberd.
 
-Servers (see :mod:`slixmpp_push.devserver`): four, two releases each of Prosody
-and ejabberd, each started on first use and stopped at the end of the
+Servers (see :mod:`slixmpp_push.devserver` and :mod:`devservers`): four, two releases
+each of Prosody and ejabberd, each started on first use and stopped at the end of the
 session. Each has the virtual host ``localhost``, c2s on plain TCP and the
 component ``push.localhost`` (``server.component.jid`` / ``.secret``).
 
 Fixtures
     ``prosody_server``      session-scoped :class:`~slixmpp_push.devserver.ProsodyServer`
                             (Prosody 0.12, system Debian package)
-    ``prosody13_server``    session-scoped :class:`~slixmpp_push.devserver.Prosody13Server`
+    ``prosody13_server``    session-scoped :class:`~devservers.Prosody13Server`
                             (Prosody 13.0.1 from bookworm-backports, private prefix;
                             ``mod_cloud_notify_extensions`` enabled)
-    ``ejabberd_server``     session-scoped :class:`~slixmpp_push.devserver.EjabberdServer`
+    ``ejabberd_server``     session-scoped :class:`~devservers.EjabberdServer`
                             (ejabberd 23.01, system Debian package)
-    ``ejabberd2412_server`` session-scoped :class:`~slixmpp_push.devserver.Ejabberd2412Server`
+    ``ejabberd2412_server`` session-scoped :class:`~devservers.Ejabberd2412Server`
                             (ejabberd 24.12 from bookworm-backports, private prefix)
     ``xmpp_server``         parametrised over all four: a test using it runs once per
                             server, with the ids ``ejabberd23.01``, ``ejabberd24.12``,
@@ -84,14 +84,12 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
+from devservers import Ejabberd2412Server, EjabberdServer, Prosody13Server
 from slixmpp import ClientXMPP, ComponentXMPP
 
 from slixmpp_push.devserver import (
     ComponentSpec,
     DevServer,
-    Ejabberd2412Server,
-    EjabberdServer,
-    Prosody13Server,
     ProsodyServer,
 )
 

@@ -16,7 +16,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import devservers
 import pytest
+from devservers import Ejabberd2412Server, EjabberdServer, Prosody13Server
 from servers import SERVER_CLASSES, Connections, make_account
 from slixmpp import JID, Iq
 from slixmpp.xmlstream import StanzaBase
@@ -28,9 +30,6 @@ from slixmpp_push.devserver import (
     DevServer,
     DevServerError,
     DevServerUnavailable,
-    Ejabberd2412Server,
-    EjabberdServer,
-    Prosody13Server,
     ProsodyServer,
 )
 
@@ -195,14 +194,14 @@ def test_unavailable_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -
 def test_backports_prefix_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(devserver.SERVERS_PREFIX_ENV, str(tmp_path))
-    assert devserver.servers_prefix() == tmp_path
+    monkeypatch.setenv(devservers.SERVERS_PREFIX_ENV, str(tmp_path))
+    assert devservers.servers_prefix() == tmp_path
     for cls, folder in ((Prosody13Server, "prosody13"), (Ejabberd2412Server, "ejabberd24.12")):
         reason = cls.unavailable_reason()
         assert reason is not None
         assert str(tmp_path / folder) in reason and "install-backports.sh" in reason
-    monkeypatch.delenv(devserver.SERVERS_PREFIX_ENV)
-    assert devserver.servers_prefix() == Path(devserver.DEFAULT_SERVERS_PREFIX)
+    monkeypatch.delenv(devservers.SERVERS_PREFIX_ENV)
+    assert devservers.servers_prefix() == Path(devservers.DEFAULT_SERVERS_PREFIX)
 
 
 def _loaded_files(pid: int) -> set[str]:
@@ -217,7 +216,7 @@ def _loaded_files(pid: int) -> set[str]:
 
 async def test_each_release_runs_its_own_code(xmpp_server: DevServer) -> None:
     """The backports releases run from the private prefix, the system ones never do."""
-    prefix = str(devserver.servers_prefix())
+    prefix = str(devservers.servers_prefix())
     log = xmpp_server.log_text()
     private = isinstance(xmpp_server, Prosody13Server | Ejabberd2412Server)
     if isinstance(xmpp_server, ProsodyServer):

@@ -20,12 +20,11 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from devservers import Prosody13Server
 from e2e import APNS_APP, TOPIC, apns_app, enable, execute, running_appserver, send_chat
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from servers import Connections, disconnect, make_account
-
-from slixmpp_push.devserver import Prosody13Server
 
 TIGASE_FILTERS = ("tigase:push:encrypt:0", "tigase:push:encrypt:aes-128-gcm",
                   "tigase:push:jingle:0", "tigase:push:priority:0")

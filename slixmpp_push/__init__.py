@@ -12,7 +12,8 @@ from .appserver import DeliveryPolicy, PushAppServer, Submitted
 from .config import AppConfig, RegistrationLimits
 from .errors import ConfigError, DeliveryResult, MissingDependency, Outcome, PushError, StoreError
 from .models import Dialect, Notification, Priority, Registration
-from .notifier import Policy, PushNotifier, Step
+from .notifier import Policy, Step
+from .notifier.plugin import PushNotifier
 from .registrar import PushRegistrar
 from .store import MemoryStore, Store, TinyDBStore
 from .xep_0357 import register_stanzas

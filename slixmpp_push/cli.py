@@ -1,13 +1,16 @@
 """``slixmpp-push``: run and operate the push app server.
 
     slixmpp-push serve --config FILE        run the app server
-    slixmpp-push check-config FILE          validate a config without connecting
+    slixmpp-push check-config --config FILE validate a config without connecting (or: FILE)
     slixmpp-push doctor --config FILE       check a deployment: XMPP, Apple/Google, store, clock
     slixmpp-push devices list --config FILE
     slixmpp-push devices remove NODE --config FILE
     slixmpp-push demo                       a self-contained demo on a private Prosody
+    slixmpp-push --version
 
-Exit status: 0 success, 1 failure at run time, 2 bad configuration or usage.
+Exit status: 0 success, 1 failure at run time, 2 bad configuration or usage (the
+XMPP server refusing the app server's login at start-up included: a wrong secret,
+port or name).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import Config, check_startup, load_config
-from .errors import ConfigError, MissingDependency, StoreError
+from .config import LOG_LEVELS, Config, load_config
+from .errors import ConfigError, LoginRefused, MissingDependency, StoreError
 from .logs import setup_logging, short_token
+from .preflight import check_startup
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -30,7 +34,16 @@ def _load(path: str) -> Config:
     return load_config(path)
 
 
+class UsageError(Exception):
+    """A command line that argparse accepts but the command cannot run."""
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.file and args.config:
+        raise UsageError("give the config file once: FILE or --config FILE, not both")
+    if not (args.file or args.config):
+        raise UsageError("which config file? check-config --config FILE")
+    args.config = args.config or args.file
     config = _load(args.config)
     notes = check_startup(config)
     asyncio.run(_check_store_readable(config.store))
@@ -123,15 +136,32 @@ def _positive(value: str) -> float:
     return number
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slixmpp-push")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slixmpp-push", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the app server")
     serve.add_argument("--config", "-c", required=True)
-    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # Any case, as [logging] level takes it.
+    serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                       help="overrides [logging] level: " + ", ".join(LOG_LEVELS))
     serve.set_defaults(run=cmd_serve)
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("config")
+    check = commands.add_parser(
+        "check-config", help="validate a config file",
+        description="Validate a config file without connecting: FILE or --config FILE.")
+    check.add_argument("file", nargs="?", metavar="FILE", help="the config file")
+    check.add_argument("--config", "-c", help="the config file (instead of FILE)")
     check.set_defaults(run=cmd_check_config)
     devices = commands.add_parser("devices", help="list or remove registrations")
     devices_actions = devices.add_subparsers(dest="action", required=True)
@@ -165,8 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
+    except UsageError as exc:
+        print(f"slixmpp-push {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except ConfigError as exc:
         print(f"slixmpp-push: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LoginRefused as exc:
+        print(f"slixmpp-push: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except MissingDependency as exc:
         print(f"slixmpp-push: {exc}", file=sys.stderr)

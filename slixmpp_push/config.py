@@ -6,22 +6,17 @@ Every key is documented in ``docs/configuration.md``; defaults live here only.
 from __future__ import annotations
 
 import errno
-import json
-import math
 import os
 import re
-import socket
 import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .config_reader import Section, parse_listen, quote_key, table
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .notifier.config import NotifierSettings
-    from .notifier.ingest import ReceiverConfig
+from .notifier.config import NotifierSettings, ReceiverConfig, read_ingest, read_notifier
 
 
 @dataclass(slots=True)
@@ -98,6 +93,8 @@ class RegistrationLimits:
 
 APP_TYPES = ("apns", "fcm", "console")
 COLLAPSE_MODES = ("account", "none")
+#: What ``[logging] level`` and ``serve --log-level`` accept, in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(slots=True)
@@ -128,127 +125,23 @@ class Config:
     store_journal_limit: int | None = None  # bytes; None: the store's default (64 MiB)
     limits: RegistrationLimits = field(default_factory=RegistrationLimits)
     admins: list[str] = field(default_factory=list)  # bare JIDs that may send notices
+    # bare JIDs (paging bots on client accounts) that may publish to any node with its secret
+    trusted_publishers: list[str] = field(default_factory=list)
     notifier: NotifierSettings | None = None  # [notifier]: paging
     ingest: ReceiverConfig | None = None  # [ingest]: the alert receiver
     source: Path | None = None
 
 
-def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}{key}", "must be a table")
-    return value
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+(\[[0-9]+\])?")
-
-
-def quote_key(name: str) -> str:
-    """A key as TOML would write it in a dotted path: bare when it can be, else quoted."""
-    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-               list: "a list", dict: "a table"}
-
-
-class _Section:
-    """Typed reads of one TOML table; every key read is remembered."""
-
-    def __init__(self, data: dict[str, Any], prefix: str, base: Path) -> None:
-        self.data = data
-        self.prefix = prefix
-        self.base = base
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{quote_key(name)}" if self.prefix else quote_key(name)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None,
-            required: bool = False) -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            if required:
-                raise ConfigError(self.key(name), "is required")
-            return default
-        value = self.data[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        # bool is an int to Python, but `port = true` is no port.
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            kinds = (kind,) if isinstance(kind, type) else kind
-            names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
-            raise ConfigError(self.key(name), f"must be {names}, not {value!r}")
-        return value
-
-    def positive(self, name: str, default: float, *, allow_zero: bool = True) -> float:
-        value = self.get(name, float, default)
-        if not math.isfinite(value):
-            raise ConfigError(self.key(name), f"must be a finite number, not {value}")
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = "at least 0" if allow_zero else "more than 0"
-            raise ConfigError(self.key(name), f"must be {bound}, got {value}")
-        return float(value)
-
-    def count(self, name: str, default: int, minimum: int = 1) -> int:
-        value = self.get(name, int, default)
-        if value < minimum:
-            raise ConfigError(self.key(name), f"must be at least {minimum}, got {value}")
-        return int(value)
-
-    def strings(self, name: str) -> list[str]:
-        values = self.get(name, list, [])
-        if not all(isinstance(v, str) and v for v in values):
-            raise ConfigError(self.key(name), "must be a list of non-empty strings")
-        return list(values)
-
-    def path(self, name: str, must_exist: bool = True) -> str | None:
-        value = self.get(name, str)
-        if value is None:
-            return None
-        path = Path(value) if Path(value).is_absolute() else self.base / value
-        if must_exist and not path.is_file():
-            raise ConfigError(self.key(name), f"file {str(path)!r} does not exist")
-        return str(path)
-
-    def secret(self, name: str, required: bool = True) -> str | None:
-        """A secret from ``<name>_file`` or ``<name>_env``; inline values are refused."""
-        self.seen.update({name, f"{name}_file", f"{name}_env"})
-        if name in self.data:
-            raise ConfigError(self.key(name), f"inline secrets are not accepted: use "
-                              f"{self.key(name + '_file')} or {self.key(name + '_env')}")
-        file_key, env_key = f"{name}_file", f"{name}_env"
-        if file_key in self.data and env_key in self.data:
-            raise ConfigError(self.key(file_key), f"set either {file_key} or {env_key}, not both")
-        if file_key in self.data:
-            path = self.path(file_key)
-            assert path is not None
-            try:
-                value = Path(path).read_text(encoding="utf-8").strip()
-            except (UnicodeDecodeError, OSError) as exc:
-                raise ConfigError(self.key(file_key), f"cannot read {path!r}: {exc}") from None
-            if not value:
-                raise ConfigError(self.key(file_key), f"file {path!r} is empty")
-            return value
-        if env_key in self.data:
-            variable = self.get(env_key, str)
-            value = os.environ.get(variable, "")
-            if not value:
-                raise ConfigError(self.key(env_key),
-                                  f"environment variable {variable!r} is not set")
-            return value
-        if required:
-            raise ConfigError(self.key(file_key), f"is required (or {self.key(env_key)})")
-        return None
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise ConfigError(self.key(unknown[0]), "is not a known key")
+def _bare_jids(section: Section, name: str) -> list[str]:
+    jids = section.strings(name)
+    for jid in jids:
+        if "@" not in jid or "/" in jid:
+            raise ConfigError(section.key(name), f"{jid!r} is not a bare JID (user@domain)")
+    return jids
 
 
 def _read_xmpp(data: dict[str, Any], base: Path) -> XmppConfig:
-    section = _Section(_table(data, "xmpp", ""), "xmpp", base)
+    section = Section(table(data, "xmpp", ""), "xmpp", base)
     mode = section.get("mode", str, "component")
     if mode not in ("component", "client"):
         raise ConfigError("xmpp.mode", f"must be 'component' or 'client', not {mode!r}")
@@ -291,7 +184,7 @@ def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
     where = f"apps.{quote_key(app_id)}"
     if not isinstance(data, dict):
         raise ConfigError(where, "must be a table")
-    section = _Section(data, where, base)
+    section = Section(data, where, base)
     kind = section.get("type", str, required=True)
     if kind not in APP_TYPES:
         raise ConfigError(section.key("type"), f"must be one of {', '.join(APP_TYPES)}")
@@ -348,13 +241,13 @@ def _read_app(app_id: str, data: Any, base: Path) -> AppConfig:
 def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     """Validate a parsed TOML document; raise :class:`ConfigError` naming the key."""
     base = base or Path.cwd()
-    top = _Section(data, "", base)
+    top = Section(data, "", base)
     for name in ("xmpp", "appserver", "delivery", "apps", "logging", "metrics", "notifier",
                  "ingest"):
         top.seen.add(name)
     top.finish()
     xmpp = _read_xmpp(data, base)
-    server = _Section(_table(data, "appserver", ""), "appserver", base)
+    server = Section(table(data, "appserver", ""), "appserver", base)
     store = server.get("store", str, "slixmpp-push.json")
     store = store if Path(store).is_absolute() else str(base / store)
     allowed = server.get("allowed_domains", list)
@@ -372,13 +265,11 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
             "max_group_chats_per_device", limit_defaults.max_group_chats_per_device,
             minimum=0),
     )
-    admins = server.strings("admins")
-    for admin in admins:
-        if "@" not in admin or "/" in admin:
-            raise ConfigError("appserver.admins", f"{admin!r} is not a bare JID (user@domain)")
+    admins = _bare_jids(server, "admins")
+    trusted_publishers = _bare_jids(server, "trusted_publishers")
     server.finish()
 
-    section = _Section(_table(data, "delivery", ""), "delivery", base)
+    section = Section(table(data, "delivery", ""), "delivery", base)
     defaults = DeliveryPolicy()
     policy = DeliveryPolicy(
         reply_within=section.positive("reply_within", defaults.reply_within),
@@ -391,21 +282,21 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     )
     section.finish()
 
-    apps_table = _table(data, "apps", "")
+    apps_table = table(data, "apps", "")
     if not apps_table:
         raise ConfigError("apps", "configure at least one app (type = \"console\" to try out)")
     apps = [_read_app(app_id, app, base) for app_id, app in apps_table.items()]
 
-    logging_section = _Section(_table(data, "logging", ""), "logging", base)
+    logging_section = Section(table(data, "logging", ""), "logging", base)
     level = logging_section.get("level", str, "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    if level not in LOG_LEVELS:
         raise ConfigError("logging.level", "must be DEBUG, INFO, WARNING or ERROR")
     log_format = logging_section.get("format", str, "text")
     if log_format not in ("text", "json"):
         raise ConfigError("logging.format", "must be 'text' or 'json'")
     logging_section.finish()
 
-    metrics_section = _Section(_table(data, "metrics", ""), "metrics", base)
+    metrics_section = Section(table(data, "metrics", ""), "metrics", base)
     listen = metrics_section.get("listen", str)
     metrics_listen = None
     if listen is not None:
@@ -413,25 +304,22 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     metrics_section.finish()
     notifier = ingest = None
     if "notifier" in data:
-        from .notifier.config import read_notifier
-
-        notifier = read_notifier(_table(data, "notifier", ""), base)
+        notifier = read_notifier(table(data, "notifier", ""), base)
         if notifier.omemo is not None and xmpp.mode != "client":
             raise ConfigError("notifier.omemo", "needs xmpp.mode = \"client\" "
                                                 "(OMEMO needs an account with PEP)")
     if "ingest" in data:
-        from .notifier.config import read_ingest
-
         if notifier is None:
             raise ConfigError("ingest", "needs a [notifier] section (policies to page with)")
-        ingest = read_ingest(_table(data, "ingest", ""), base)
+        ingest = read_ingest(table(data, "ingest", ""), base)
         if ingest.policy is not None and ingest.policy not in notifier.policies:
             raise ConfigError("ingest.policy", f"names no policy ({ingest.policy!r})")
     return Config(xmpp=xmpp, apps=apps, store=store, allowed_domains=allowed,
                   remote_disable=remote_disable, delivery=policy, log_level=level,
                   log_format=log_format, metrics_listen=metrics_listen,
                   store_journal_limit=int(journal_mb * 1024 * 1024) if journal_mb else None,
-                  notifier=notifier, ingest=ingest, admins=admins, limits=limits)
+                  notifier=notifier, ingest=ingest, admins=admins, limits=limits,
+                  trusted_publishers=trusted_publishers)
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -451,19 +339,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     config = parse_config(_read_toml(file), file.resolve().parent)
     config.source = file
     return config
-
-
-def parse_listen(listen: str, key: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 as ``[::1]:port``) → (host, port); ConfigError naming ``key``."""
-    host, _, port = listen.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        valid = bool(host) and "[" not in host and "]" not in host
-    else:
-        valid = bool(host) and not any(c in host for c in ":[]")
-    if not valid or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise ConfigError(key, f"must be 'host:port' (IPv6 as '[::1]:port'), not {listen!r}")
-    return host, int(port)
 
 
 #: Apple's key IDs and team IDs: ten capital letters and digits (AuthKey_ABC123DEFG.p8).
@@ -535,40 +410,6 @@ def check_credentials(app: AppConfig) -> None:
                               "is required (the service account names no project)")
 
 
-def check_startup(config: Config) -> list[str]:
-    """What ``serve`` would refuse at start-up, checked without connecting anywhere.
-
-    Raises :class:`ConfigError` naming the key, or :class:`MissingDependency`
-    for an extra a configured feature needs; returns notes worth printing (a
-    listen port held by a running slixmpp-push, as it is while the service runs).
-    The store's content is not read here (``check-config`` opens it read-only).
-    """
-    from importlib.util import find_spec
-
-    from .errors import MissingDependency
-    from .providers import create_provider
-
-    for app in config.apps:
-        create_provider(app)  # imports the SDKs each app needs
-        check_credentials(app)
-    if config.ingest is not None and find_spec("aiohttp") is None:
-        raise MissingDependency("aiohttp", "notifier", "the alert receiver ([ingest])")
-    if (config.notifier is not None and config.notifier.omemo is not None
-            and find_spec("slixmpp_omemo") is None):
-        raise MissingDependency("slixmpp-omemo", "omemo", "[notifier.omemo]")
-    _check_store_folder(config.store)
-    notes = []
-    listens = [("metrics.listen", config.metrics_listen)]
-    if config.ingest is not None:
-        listens.append(("ingest.listen", (config.ingest.host, config.ingest.port)))
-    for key, address in listens:
-        if address is not None:
-            note = _check_listen(key, *address)
-            if note:
-                notes.append(note)
-    return notes
-
-
 def listen_error(key: str, host: str, port: int, exc: OSError) -> ConfigError:
     """The one-line error for a listen address that cannot be bound."""
     if exc.errno == errno.EADDRINUSE:
@@ -583,67 +424,12 @@ def listen_error(key: str, host: str, port: int, exc: OSError) -> ConfigError:
     return ConfigError(key, problem)
 
 
-def _check_listen(key: str, host: str, port: int) -> str | None:
-    """Bind ``host:port`` as asyncio's servers will (every address the name has,
-    SO_REUSEADDR); a port held by a running slixmpp-push is a note, not an error."""
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError(key, f"cannot resolve {host!r}: {exc.strerror}") from None
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE and _serves_our_health(host, port):
-                    return (f"{key}: {host}:{port} is in use by a running slixmpp-push "
-                            "(fine if that is this service)")
-                raise listen_error(key, host, port, exc) from None
-    return None
-
-
-def _serves_our_health(host: str, port: int) -> bool:
-    """Whether ``host:port`` answers ``GET /health`` as our status server or alert
-    receiver does: the running service holds its own ports."""
-    try:
-        with socket.create_connection((host, port), timeout=2.0) as sock:
-            sock.sendall(b"GET /health HTTP/1.0\r\nHost: slixmpp-push\r\n\r\n")
-            answer = b""
-            while len(answer) < 65536:
-                data = sock.recv(4096)
-                if not data:
-                    break
-                answer += data
-    except OSError:
-        return False
-    _, _, body = answer.partition(b"\r\n\r\n")
-    return b'"live": true' in body or b'"open_pages"' in body
-
-
-def _check_store_folder(store: str) -> None:
-    """The store's folder exists or can be created, and this user may write there."""
-    path = Path(store)
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError("appserver.store", f"{str(existing)!r} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError("appserver.store", f"the folder {str(existing)!r} is not writable "
-                          "by this user (run as the service's user)")
-    if path.exists() and (not path.is_file() or not os.access(path, os.R_OK | os.W_OK)):
-        raise ConfigError("appserver.store", f"{store!r} is not a file this user can read "
-                          "and write")
-
-
 def load_store_path(path: str | os.PathLike[str]) -> str:
     """Only ``[appserver] store`` of a config file: for ``devices``, which must
     work where the component secret or provider keys are not readable."""
     file = Path(path)
     data = _read_toml(file)
     base = file.resolve().parent
-    server = _Section(_table(data, "appserver", ""), "appserver", base)
+    server = Section(table(data, "appserver", ""), "appserver", base)
     store = server.get("store", str, "slixmpp-push.json")
     return store if Path(store).is_absolute() else str(base / store)

@@ -12,6 +12,13 @@ and deaf. And it retries a refused login forever without saying why.
   (:func:`slixmpp_push.doctor.xmpp.check_xmpp`, a raw stream that reads the
   server's own words) why, and logs that in one line with the likely fix;
   then it waits (1 s, doubling up to :data:`RECONNECT_MAX_DELAY`) and retries;
+- but when the very first login is refused by the server itself (a stream error
+  in :data:`REFUSALS`, or every SASL mechanism refused) and the doctor's check
+  fails too, no retry would change it: a wrong secret or password, the client
+  port given for the component port, an unknown name. It raises
+  :class:`~slixmpp_push.errors.LoginRefused` with that line, and ``serve`` exits
+  with status 2 (systemd does not restart it). Once a session has been up, the
+  same refusal is retried: the server's configuration may be changing;
 - while a session is up it pings (XEP-0199) every ``[xmpp] ping_interval``; a
   ping not answered within ``ping_timeout`` means the stream is stuck: the
   connection is aborted and a new one made;
@@ -37,9 +44,21 @@ from slixmpp.basexmpp import BaseXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 
 from .config import XmppConfig
+from .errors import LoginRefused
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class _ExplainedHere(logging.Filter):
+    """Drops slixmpp's ERROR "No appropriate login method.": the keeper's own line says
+    why (no TLS offered, no mechanism in common), with the fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "No appropriate login method."
+
+
+_EXPLAINED_HERE = _ExplainedHere()
 
 RECONNECT_FIRST_DELAY = 1.0
 RECONNECT_MAX_DELAY = 30.0
@@ -47,6 +66,12 @@ RECONNECT_MAX_DELAY = 30.0
 STABLE_SESSION = 60.0
 #: A login (TCP, stream header, handshake or SASL) may take this many ping timeouts.
 LOGIN_TIMEOUTS = 3
+#: Stream errors by which a server refuses a login (not a shutdown or an overload):
+#: not-authorized (secret, or an unknown component at ejabberd), host-unknown (no such
+#: component; Prosody's client port too), invalid-namespace (ejabberd's client port),
+#: conflict (a virtual host's name; "already connected" passes the doctor's check).
+REFUSALS = frozenset({"not-authorized", "host-unknown", "improper-addressing",
+                      "invalid-namespace", "conflict"})
 
 
 class StreamKeeper:
@@ -65,14 +90,21 @@ class StreamKeeper:
         self._gone = asyncio.Event()  # the current attempt's connection ended
         self._had_session = False  # the current attempt got as far as a session
         self._ended = ""  # why the server ended the stream (its stream error)
+        self._condition = ""  # that stream error's condition
+        self._auth_refused = False  # the server refused every SASL mechanism
+        self._ever_up = False  # a session has started since the process began
         self._stuck = ""  # set when a ping went unanswered
         self._pinger: asyncio.Task[None] | None = None
         for event, handler in self._handlers():
             xmpp.add_event_handler(event, handler)
+        # Once per logger (addFilter ignores a filter it has).
+        logging.getLogger("slixmpp.features.feature_mechanisms.mechanisms").addFilter(
+            _EXPLAINED_HERE)
 
     def _handlers(self) -> list[tuple[str, Any]]:
         return [("session_start", self._on_session), ("disconnected", self._on_disconnected),
                 ("stream_error", self._on_stream_error),
+                ("failed_all_auth", self._on_failed_all_auth),
                 ("reconnect_delay", self._on_reconnect_delay)]
 
     def close(self) -> None:
@@ -85,7 +117,7 @@ class StreamKeeper:
     def _on_session(self, _event: object) -> None:
         log.info("connected to %s as %s", self.where, self.xmpp.boundjid)
         self.session.set()
-        self._had_session = True
+        self._had_session = self._ever_up = True
         self.metrics.set_connected(True)
         self._stop_pinging()
         self._pinger = asyncio.ensure_future(self._ping_loop())
@@ -108,7 +140,11 @@ class StreamKeeper:
         return "the connection to the server was lost"
 
     def _on_stream_error(self, error: Any) -> None:
+        self._condition = error["condition"]
         self._ended = " ".join(part for part in (error["condition"], error["text"]) if part)
+
+    def _on_failed_all_auth(self, _event: object) -> None:
+        self._auth_refused = True  # failed_auth is one mechanism; slixmpp tries the next
 
     def _on_reconnect_delay(self, _wait: object) -> None:
         # slixmpp found nothing to connect to (refused, unreachable, no DNS) and would
@@ -124,8 +160,8 @@ class StreamKeeper:
         quiet = False  # after a failed login the retries are logged by the diagnosis
         while not stopping.is_set():
             self._gone.clear()
-            self._had_session = False
-            self._ended = self._stuck = ""
+            self._had_session = self._auth_refused = False
+            self._ended = self._stuck = self._condition = ""
             began = loop.time()
             (log.debug if quiet else log.info)(
                 "connecting to %s as %s", self.where, self.settings.jid)
@@ -150,7 +186,10 @@ class StreamKeeper:
                 if not login:  # neither a session nor an end: a stalled login
                     await self._abort()
                 cause = "login_failed"
-                problem = await self._diagnose(stalled=not login)
+                problem, confirmed = await self._diagnose(stalled=not login)
+                refused = self._auth_refused or self._condition in REFUSALS
+                if refused and confirmed and not self._ever_up:
+                    raise LoginRefused(problem)
                 self.metrics.set_connected(False, problem)
                 log.error("%s (retrying in %.0f s)", problem, delay)
                 quiet = True
@@ -159,9 +198,10 @@ class StreamKeeper:
                 await asyncio.wait_for(stopping.wait(), delay)
             delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
-    async def _diagnose(self, *, stalled: bool) -> str:
+    async def _diagnose(self, *, stalled: bool) -> tuple[str, bool]:
         """One line: why the login failed, and the likely fix (the doctor's check, on a
-        stream of its own: slixmpp does not keep what the server said)."""
+        stream of its own: slixmpp does not keep what the server said); and whether
+        the check failed too (else it got in where we did not)."""
         from .doctor.report import Status
         from .doctor.xmpp import check_xmpp
 
@@ -172,9 +212,10 @@ class StreamKeeper:
         result = await check_xmpp(self.settings, self.settings.ping_timeout)
         prefix = f"cannot log in to {self.where} as {self.settings.jid}"
         if result.status is Status.FAIL:
-            return f"{prefix}: {result.detail}. Fix: {result.fix}"
+            return f"{prefix}: {result.detail}. Fix: {result.fix}", True
         # The check got in where we did not: say what we saw, and what it saw.
-        return f"{prefix}: {seen or 'the connection ended'} (a second try: {result.detail})"
+        return (f"{prefix}: {seen or 'the connection ended'} (a second try: {result.detail})",
+                False)
 
     async def _abort(self) -> None:
         """End a stalled attempt, connected or not."""

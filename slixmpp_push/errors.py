@@ -7,7 +7,8 @@ mistakes and programming errors::
     PushError
     ├── ConfigError          a config key is missing or wrong (names the key)
     ├── MissingDependency    an optional extra is not installed
-    └── StoreError           the registration store cannot be read or written
+    ├── StoreError           the registration store cannot be read or written
+    └── LoginRefused         the XMPP server refuses the app server's login at start-up
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ class MissingDependency(PushError):
 
 class StoreError(PushError):
     """The store file is unreadable, of an unknown schema, or cannot be written."""
+
+
+class LoginRefused(PushError):
+    """The XMPP server refused the app server's first login for a reason that another
+    attempt cannot change: a wrong secret or password, the client port given for the
+    component port, a name the server does not know. The message is one line: what
+    the server said, and the fix."""
 
 
 class Outcome(str, enum.Enum):

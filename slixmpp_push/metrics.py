@@ -25,6 +25,20 @@ xmpp_ping_seconds                          gauge      (round trip of the last ke
 apns_certificate_expiry_timestamp_seconds  gauge      app
 store_journal_bytes                        gauge      (compaction failing: it grows)
 store_write_failures_total                 counter    (disk full, I/O errors)
+ready                                      gauge      (1 when /health/ready answers 200)
+provider_credentials_refused               gauge      app (1 from a refusal to an answer)
+=========================================  =========  ==============================
+
+With a pager (``push_notifier``), :class:`PagerMetrics` adds, in the same registry:
+
+=========================================  =========  ==============================
+pages_open                                 gauge      state (open, acked, exhausted)
+page_unacknowledged_oldest_seconds         gauge      (0 when no page waits for an ack)
+pages_opened_total                         counter    source, policy
+page_escalations_total                     counter    policy
+page_ack_seconds                           histogram  policy (paging started → ack)
+pages_exhausted_total                      counter    policy (every step ran, no ack)
+pages_resolved_total                       counter    policy, state (when resolved)
 =========================================  =========  ==============================
 """
 
@@ -44,6 +58,11 @@ from .store.status import StoreStatus
 
 PREFIX = "slixmpp_push_"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+#: How long people take to acknowledge a page: a human answers in seconds to an hour.
+ACK_BUCKETS = (15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
+#: The states an active page can be in (pages_open has a series for each, 0 included,
+#: so that an alert on one of them sees 0 rather than nothing).
+PAGE_STATES = ("open", "acked", "exhausted")
 
 
 @dataclass(slots=True)
@@ -54,6 +73,10 @@ class ProviderHealth:
     consecutive_failures: int = 0  # RETRY results since the last answer from the provider
     failing_since: float = 0.0  # wall time of the first of them
     suspended_until: float = 0.0  # the provider paused the app (credentials refused)
+    # The last word from the provider was a refusal of the credentials. Unlike
+    # suspended_until it stays set through a quiet night without traffic, and ends only
+    # with an answer that shows the credentials work.
+    credentials_refused: bool = False
 
     #: Failures in a row (and nothing else) that make the provider not ready.
     UNREADY_AFTER = 5
@@ -100,6 +123,84 @@ class _Store(Collector):
         yield CounterMetricFamily(PREFIX + "store_write_failures",
                                   "Store writes that failed (disk full, I/O error)",
                                   value=status.failed_writes_total)
+
+
+class _Health(Collector):
+    """Readiness and refused credentials as gauges, read at scrape time: an alert
+    rule sees what /health/ready answers, without probing it."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        ready, _ = self._metrics.health()
+        yield GaugeMetricFamily(PREFIX + "ready",
+                                "1 when /health/ready answers 200 (stream up, store "
+                                "writable, no provider failing or refusing credentials)",
+                                value=1 if ready else 0)
+        refused = GaugeMetricFamily(PREFIX + "provider_credentials_refused",
+                                    "1 when the provider's last word was a refusal of the "
+                                    "app's credentials (key, certificate, service account)",
+                                    labels=["app"])
+        for app, health in sorted(self._metrics.providers.items()):
+            refused.add_metric([app], 1 if health.credentials_refused else 0)
+        yield refused
+
+
+@dataclass(slots=True)
+class PagesNow:
+    """The pager's active pages at one moment, as the gauges show them."""
+
+    by_state: dict[str, int]  # state (PAGE_STATES) → pages
+    oldest_unacknowledged: float = 0.0  # seconds since paging started; 0 when none
+
+
+class _Pages(Collector):
+    def __init__(self, pager: PagerMetrics) -> None:
+        self._pager = pager
+
+    def collect(self) -> Iterable[Metric]:
+        now = self._pager.now()
+        family = GaugeMetricFamily(PREFIX + "pages_open", "Active pages by state",
+                                   labels=["state"])
+        for state in PAGE_STATES:
+            family.add_metric([state], now.by_state.get(state, 0))
+        yield family
+        yield GaugeMetricFamily(PREFIX + "page_unacknowledged_oldest_seconds",
+                                "Seconds the oldest unacknowledged page has been paging "
+                                "people (0 when none is)", value=now.oldest_unacknowledged)
+
+
+class PagerMetrics:
+    """The pager's metrics (``push_notifier``), in the registry of the app server it
+    runs beside, so that one /metrics shows both. Labels stay bounded: ``policy`` is a
+    configured policy, ``source`` the kind of sender (see PageEngine)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.opened = Counter(PREFIX + "pages_opened",
+                              "Pages opened (a duplicate of an active page is not counted)",
+                              ["source", "policy"], registry=r)
+        self.escalations = Counter(PREFIX + "page_escalations",
+                                   "Unacknowledged pages that went on to a further step",
+                                   ["policy"], registry=r)
+        self.ack_seconds = Histogram(PREFIX + "page_ack_seconds",
+                                     "From paging started (opened, or paged again after an "
+                                     "ack expired) to the acknowledgement", ["policy"],
+                                     buckets=ACK_BUCKETS, registry=r)
+        self.exhausted = Counter(PREFIX + "pages_exhausted",
+                                 "Pages that ran every step and repeat without an ack "
+                                 "(the final notice went out)", ["policy"], registry=r)
+        self.resolved = Counter(PREFIX + "pages_resolved",
+                                "Pages resolved, by the state they were in: open or "
+                                "exhausted means nobody had acknowledged",
+                                ["policy", "state"], registry=r)
+        self.now: Callable[[], PagesNow] = lambda: PagesNow({})
+        r.register(_Pages(self))
+
+    def watch(self, now: Callable[[], PagesNow]) -> None:
+        """Read the active pages from ``now`` at each scrape (the engine's snapshot)."""
+        self.now = now
 
 
 class Metrics:
@@ -152,8 +253,17 @@ class Metrics:
         self.xmpp_connected = False
         self.xmpp_problem = "not connected yet"  # why the stream is not usable
         self.store_status = StoreStatus()  # the watched store's (watch_store)
-        self.registry.register(_Store(self))
+        self._pager: PagerMetrics | None = None
         self.started = time.time()
+        # auto_describe collects once at registration: everything health() reads is set.
+        self.registry.register(_Store(self))
+        self.registry.register(_Health(self))
+
+    def pager(self) -> PagerMetrics:
+        """The pager's metrics in this registry (created at the first call)."""
+        if self._pager is None:
+            self._pager = PagerMetrics(self.registry)
+        return self._pager
 
     def watch_registrations(self, counts: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_Registrations(counts))
@@ -187,10 +297,12 @@ class Metrics:
             health.consecutive_failures += 1
             if result.suspended:
                 health.suspended_until = health.at + (result.retry_after or 0.0)
+                health.credentials_refused = True
         elif result.status is not None or result.outcome is Outcome.DELIVERED:
             # Any answer (a dead token, a refused payload) shows the provider works.
             health.consecutive_failures = 0
             health.suspended_until = 0.0
+            health.credentials_refused = False
         if result.outcome is Outcome.DELIVERED and received_at:
             latency = self._latency_children.get(app)
             if latency is None:

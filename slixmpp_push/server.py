@@ -53,6 +53,7 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         "delivery": config.delivery,
         "remote_disable": config.remote_disable,
         "admins": config.admins,
+        "trusted_publishers": tuple(config.trusted_publishers),
         "limits": config.limits,
         "providers": providers,
         "metrics": metrics,
@@ -93,7 +94,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     """Run until a signal (or cancellation); pending notifications stay stored.
 
     A start-up failure (store, providers, a listen address) stops what had
-    started and raises: a ConfigError names the key, a StoreError the file.
+    started and raises: a ConfigError names the key, a StoreError the file, a
+    LoginRefused what the XMPP server refused (the first login only; later
+    refusals are retried).
     """
     metrics = Metrics()
     xmpp = build_xmpp(config, providers, metrics)
@@ -127,7 +130,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stopping.set)
         connection = asyncio.ensure_future(keeper.run(stopping))
-        await stopping.wait()
+        signalled = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait((connection, signalled), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signalled.cancel()
+        if connection.done():
+            connection.result()  # a LoginRefused: the finally below stops the rest
     finally:
         if connection is not None:
             log.info("stopping")

@@ -15,6 +15,7 @@ from servers import (  # noqa: F401
     ejabberd_server,
     prosody13_server,
     prosody_server,
+    scram_ejabberd,
     xmpp,
     xmpp_server,
 )

@@ -105,14 +105,17 @@ __all__ = [
     "ejabberd2412_server",
     "ejabberd_server",
     "make_account",
+    "own_server",
     "prosody13_server",
     "prosody_server",
+    "scram_ejabberd",
     "unique_user",
     "xmpp",
     "xmpp_server",
 ]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=DevServer)
 
 #: fixture name -> server class (one shared instance of each per session)
 SERVER_FIXTURES: dict[str, type[DevServer]] = {
@@ -165,13 +168,29 @@ def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
         loop.close()
 
 
-def _session_server(kind: str) -> Iterator[DevServer]:
-    cls = SERVER_CLASSES[kind]
+def _require(cls: type[DevServer]) -> None:
+    """Skip when ``cls`` cannot run here, but fail under CI, where every server must."""
     reason = cls.unavailable_reason()
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+def own_server(server: S) -> Iterator[S]:
+    """A server configured for one test module: the body of a module-scoped fixture,
+    ``yield from own_server(ProsodyServer(extra_modules=("pep",)))``."""
+    _require(type(server))
+    _run_blocking(server.start())
+    try:
+        yield server
+    finally:
+        _run_blocking(server.stop())
+
+
+def _session_server(kind: str) -> Iterator[DevServer]:
+    cls = SERVER_CLASSES[kind]
+    _require(cls)
     if kind not in _shared:
         server = cls()
         _run_blocking(server.start())
@@ -183,6 +202,14 @@ def _session_server(kind: str) -> Iterator[DevServer]:
         _users[kind] -= 1
         if _users[kind] == 0:
             _run_blocking(_shared.pop(kind).stop())
+
+
+@pytest.fixture(scope="session")
+def scram_ejabberd() -> Iterator[DevServer]:
+    """ejabberd 24.12 offering SCRAM on its plain-TCP client port (``ejabberd2412_server``
+    offers PLAIN only, because 24.12 refuses slixmpp's first SCRAM attempt there): for
+    tests that a client gets past that refusal."""
+    yield from own_server(Ejabberd2412Server(extra_config={"disable_sasl_mechanisms": []}))
 
 
 @pytest.fixture(scope="session")

@@ -385,6 +385,24 @@ def test_allowed_domains_must_be_names(folder: Path) -> None:
     assert exc.key == "appserver.allowed_domains"
 
 
+@pytest.mark.parametrize("key", ["admins", "trusted_publishers"])
+def test_account_lists_take_bare_jids(folder: Path, key: str) -> None:
+    config = parse_config(doc(appserver={key: ["pager@example.org"]}), folder)
+    assert getattr(config, key) == ["pager@example.org"]
+    for wrong in ("example.org", "pager@example.org/bot"):
+        exc = error(doc(appserver={key: [wrong]}), folder)
+        assert (exc.key, exc.problem) == (f"appserver.{key}",
+                                         f"{wrong!r} is not a bare JID (user@domain)")
+
+
+def test_trusted_publishers_reach_the_app_server(folder: Path) -> None:
+    from slixmpp_push.server import build_xmpp
+
+    config = parse_config(doc(appserver={"trusted_publishers": ["pager@example.org"]}), folder)
+    xmpp = build_xmpp(config)
+    assert xmpp.plugin["push_appserver"].config["trusted_publishers"] == ("pager@example.org",)
+
+
 def test_bad_logging_level(folder: Path) -> None:
     exc = error(doc(logging={"level": "VERBOSE"}), folder)
     assert exc.key == "logging.level"

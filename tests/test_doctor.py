@@ -32,7 +32,7 @@ from servers import make_account
 
 from slixmpp_push.cli import main
 from slixmpp_push.config import AppConfig, XmppConfig
-from slixmpp_push.devserver import ProsodyServer
+from slixmpp_push.devserver import DevServer, ProsodyServer
 from slixmpp_push.doctor import (
     CheckResult,
     Status,
@@ -386,6 +386,23 @@ async def test_client_mode(prosody_server: ProsodyServer) -> None:
     assert no_tls.detail == (f"{host}:{port} offers no STARTTLS, and slixmpp sends no password "
                              "over an unencrypted stream (SASL mechanisms offered: PLAIN, "
                              "SCRAM-SHA-1)")
+
+
+async def test_client_mode_gets_past_a_refused_scram_mechanism(scram_ejabberd: DevServer) -> None:
+    """ejabberd 24.12 over plain TCP refuses slixmpp's SCRAM ("Invalid channel binding")
+    and accepts PLAIN next: the doctor waits for the last mechanism, as serve does."""
+    account = await make_account(scram_ejabberd, "doctor")
+    host, port = scram_ejabberd.c2s_address
+
+    def config(password: str) -> XmppConfig:
+        return XmppConfig(mode="client", jid=f"{account.jid}/appserver", host=host, port=port,
+                          secret=password)
+
+    good = await check_xmpp(config(account.password), 5, allow_plaintext=True)
+    assert good == CheckResult("xmpp", Status.PASS, f"logged in as {account.jid} at {host}:{port}")
+    assert "Invalid channel binding" in scram_ejabberd.log_text()
+    wrong = await check_xmpp(config("wrong password"), 5, allow_plaintext=True)
+    assert wrong.detail == f"the server refused the password of {account.jid}: not-authorized"
 
 
 # -- APNs ----------------------------------------------------------------------------

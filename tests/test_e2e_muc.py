@@ -5,13 +5,12 @@ many people the step pages."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from servers import Connections, _connect, _run_blocking, disconnect, make_account
+from servers import Connections, _connect, disconnect, make_account, own_server
 from slixmpp import ClientXMPP, ComponentXMPP, Message
 
 import slixmpp_push  # noqa: F401  (registers push_notifier)
@@ -25,17 +24,7 @@ MUC_SERVICE = "conference.localhost"
 @pytest.fixture(scope="module")
 def muc_prosody() -> Iterator[ProsodyServer]:
     """A Prosody of our own with a MUC service."""
-    reason = ProsodyServer.unavailable_reason()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    server = ProsodyServer(extra_config=(f'Component "{MUC_SERVICE}" "muc"',))
-    _run_blocking(server.start())
-    try:
-        yield server
-    finally:
-        _run_blocking(server.stop())
+    yield from own_server(ProsodyServer(extra_config=(f'Component "{MUC_SERVICE}" "muc"',)))
 
 
 class Inbox:

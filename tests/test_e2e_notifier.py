@@ -6,11 +6,12 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 from e2e import APNS_APP, apns_app, enable, execute, running_appserver, send_chat
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
-from notifier_support import person, pushes_for, running_bot, two_step_policy
+from notifier_support import Person, person, pushes_for, running_bot, two_step_policy
 from servers import Connections, disconnect, make_account
 from test_ingest import alertmanager, post
 
@@ -19,6 +20,7 @@ from slixmpp_push.appserver import PublishOutcome
 from slixmpp_push.devserver import DevServer, ProsodyServer
 from slixmpp_push.notifier import PageState, RemoteTarget
 from slixmpp_push.notifier.ingest import AlertReceiver, ReceiverConfig
+from slixmpp_push.notifier.plugin import HELP
 
 BOT = "push.localhost"
 
@@ -64,6 +66,14 @@ async def test_page_escalates_until_ack(prosody_server: ProsodyServer, xmpp: Con
         assert reply == f"Resolved {page.id}."
         assert notifier.engine.find(page.id) is None
         assert "resolved by" in await bob.next_message()
+        # The pager counts in the app server's registry: one /metrics for both.
+        exposition = notifier.appserver.metrics.exposition().decode()
+        for sample in ('slixmpp_push_pages_opened_total{policy="oncall",source="api"} 1.0',
+                       'slixmpp_push_page_escalations_total{policy="oncall"} 1.0',
+                       'slixmpp_push_page_ack_seconds_count{policy="oncall"} 1.0',
+                       'slixmpp_push_pages_resolved_total{policy="oncall",state="acked"} 1.0',
+                       'slixmpp_push_pages_open{state="acked"} 0.0'):
+            assert sample in exposition, sample
 
 
 async def test_alertmanager_webhook_pages_and_resolves(
@@ -211,3 +221,38 @@ async def test_page_to_an_offline_account_is_one_notification_per_device(
         back.send_presence()
         first = await asyncio.wait_for(texts.get(), 10)
         assert first.startswith(f"PAGE {page.id}")
+
+
+async def test_help_answers_anyone_and_only_known_accounts_hear_of_unknown_commands(
+        xmpp_server: DevServer, xmpp: Connections, fake_apns: FakeApns, test_ca: TestCA,
+        apns_key: Path, tmp_path: Path) -> None:
+    alice_account = await make_account(xmpp_server, "alice")
+    bob_account = await make_account(xmpp_server, "bob")
+    stranger_account = await make_account(xmpp_server, "stranger")
+    policy = two_step_policy(alice_account.jid, bob_account.jid, wait=60)
+    async with running_bot(xmpp, xmpp_server, fake_apns, test_ca, apns_key,
+                           tmp_path / "s.json", [policy]):
+        alice = await person(xmpp, xmpp_server, BOT, alice_account, "a8" * 32)
+        client = await xmpp.client(xmpp_server, stranger_account, resource="desk")
+        client.send_presence()
+        stranger = Person(stranger_account, client, "")
+        assert await stranger.say(BOT, "help") == HELP  # commands, no data: anyone
+        assert "ack [ID]" in HELP and "oncall" in HELP
+        # A stranger's chatter (or another bot's auto-reply) gets nothing back: had the
+        # bot answered it, that answer would arrive before the one to "help".
+        stranger.client.send_message(mto=BOT, mbody="hello, are you there?", mtype="chat")
+        # Open pages and who is on call are the team's business: not told to strangers.
+        for command in ("pages", "oncall", "ack"):
+            stranger.client.send_message(mto=BOT, mbody=command, mtype="chat")
+        assert await stranger.say(BOT, "HELP") == HELP
+        # An encrypted message's body is a fallback for clients without OMEMO, not a
+        # command: no answer to it (OmemoChat, when configured, decrypts it).
+        encrypted = alice.client.make_message(mto=BOT, mtype="chat",
+                                              mbody="This message is encrypted with OMEMO")
+        encrypted.xml.append(ET.Element("{eu.siacs.conversations.axolotl}encrypted"))
+        encrypted.send()
+        assert (await alice.say(BOT, "oncall")).startswith("On call: ")
+        # Someone the pager pages is told what it understands, once in a while.
+        assert await alice.say(BOT, "thanks") == "I did not understand that. " + HELP
+        alice.client.send_message(mto=BOT, mbody="thanks again", mtype="chat")
+        assert (await alice.say(BOT, "oncall")).startswith("On call: " + alice.jid)

@@ -5,7 +5,6 @@ decrypts the chat message; a real Prosody with PEP carries the keys."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest_asyncio
 import slixmpp_omemo as omemo
 from omemo.storage import Just, Maybe, Nothing, Storage
 from omemo.types import JSONType
-from servers import Account, Connections, _connect, _run_blocking, disconnect, make_account
+from servers import Account, Connections, _connect, disconnect, make_account, own_server
 from slixmpp import ClientXMPP, Message
 
 import slixmpp_push  # noqa: F401  (registers push_notifier)
@@ -37,17 +36,7 @@ OLDMEMO = "{eu.siacs.conversations.axolotl}encrypted"
 @pytest.fixture(scope="module")
 def pep_prosody() -> Iterator[ProsodyServer]:
     """A Prosody of our own with PEP (OMEMO keeps its keys there)."""
-    reason = ProsodyServer.unavailable_reason()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    server = ProsodyServer(extra_modules=("pep",))
-    _run_blocking(server.start())
-    try:
-        yield server
-    finally:
-        _run_blocking(server.stop())
+    yield from own_server(ProsodyServer(extra_modules=("pep",)))
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 
 errbot's ``testbot`` fixture runs a whole bot on errbot's test backend (no XMPP):
 the plugin then keeps its pages on a private, never connected slixmpp client.
-One test also gives the test backend the shape of errbot's XMPP backend
-(``bot.conn.client``, its loop run by another thread) to check the plugin
-registers on that client instead.
+Two tests give the test backend the shape of an XMPP backend (``bot.conn.client``,
+its loop run by another thread): the plugin registers on that client instead, and
+``!plugin config`` works while errbot holds that loop, as errbot's own XMPP backend
+does during an admin command.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 from slixmpp import ClientXMPP
@@ -29,7 +30,7 @@ import errbot  # noqa: F401  (in the test extra: fail, never skip, without it)
 # errbot ships the fixture without a pytest entry point.
 pytest_plugins = ["errbot.backends.test"]
 
-extra_plugin_dir = str(Path(__file__).resolve().parent.parent / "plugins" / "errbot")
+extra_plugin_dir = str(Path(__file__).resolve().parent.parent / "plugins" / "errbot" / "pager")
 loglevel = logging.WARNING  # read by the testbot fixture
 
 ME = "gbin@localhost"  # the test backend's sender (BOT_ADMINS[0])
@@ -109,6 +110,15 @@ def test_options_key_and_latest_page(pager: TestBot) -> None:
     assert say(pager, "!resolve") == "No open page of yours."
 
 
+def test_answering_the_page_in_its_own_words(pager: TestBot) -> None:
+    """The page's chat message says 'Reply "ack ID"': that works without errbot's prefix."""
+    page_id = open_page(pager, "Queue stuck")
+    assert say(pager, f"ack {page_id.lower()}") == \
+        f"Acknowledged {page_id} for 30 min: escalation stopped."
+    assert say(pager, "RESOLVE") == f"Resolved {page_id}: Queue stuck"
+    assert say(pager, "resolve") == "No open page of yours."
+
+
 def test_oncall(pager: TestBot) -> None:
     assert say(pager, "!oncall") == f"On call (oncall): {ME}, bob@localhost"
     assert say(pager, "!oncall nights") == "No policy named 'nights'. Policies: oncall."
@@ -152,33 +162,81 @@ def test_deactivation_unregisters_push_notifier(pager: TestBot) -> None:
     assert not thread.is_alive()  # the private loop stopped with it
 
 
-def test_registers_on_the_xmpp_backends_client(testbot: TestBot) -> None:
-    """errbot's XMPP backend: XMPPBackend.conn.client, its loop run by errbot's main thread."""
+class XmppShape(NamedTuple):
+    loop: asyncio.AbstractEventLoop
+    client: ClientXMPP
+
+
+@pytest.fixture
+def xmpp_shape(testbot: TestBot) -> Iterator[XmppShape]:
+    """The test backend with the shape of an XMPP backend: ``bot.conn.client``, its
+    loop run by another thread (errbot's main thread, in errbot's XMPP backends)."""
     loop = asyncio.new_event_loop()
     errbot_thread = threading.Thread(target=loop.run_forever, daemon=True)
     errbot_thread.start()
     client = asyncio.run_coroutine_threadsafe(_client(loop), loop).result(5)
     testbot.bot.conn = SimpleNamespace(client=client)
     try:
-        configure(testbot, CONFIG)  # re-activates the plugin: it finds the client now
-        plugin = testbot.bot.plugin_manager.get_plugin_obj_by_name("SlixmppPushPager")
-        assert plugin.notifier is client.plugin["push_notifier"]  # type: ignore[typeddict-item]
-        assert plugin._thread is None  # no loop of its own
-
-        reply = say(testbot, "!page Disk full")
-        assert reply.startswith("Opened page ") and "Not delivered" not in reply
-        page_id = PAGE_ID.search(reply).group(1)  # type: ignore[union-attr]
-        store = Path(testbot.bot_config.BOT_DATA_DIR) / "slixmpp-push-pages.json"
-        assert store.with_name(store.name + ".journal").exists()  # kept in BOT_DATA_DIR
-        assert say(testbot, f"!ack {page_id}").startswith(f"Acknowledged {page_id}")
-
-        say(testbot, "!plugin deactivate SlixmppPushPager")
-        assert "push_notifier" not in client.plugin
+        yield XmppShape(loop, client)
     finally:
         del testbot.bot.conn
         loop.call_soon_threadsafe(loop.stop)
         errbot_thread.join(5)
         loop.close()
+
+
+def pager_plugin(bot: TestBot) -> Any:
+    return bot.bot.plugin_manager.get_plugin_obj_by_name("SlixmppPushPager")
+
+
+def test_registers_on_the_xmpp_backends_client(testbot: TestBot, xmpp_shape: XmppShape,
+                                               ) -> None:
+    client = xmpp_shape.client
+    configure(testbot, CONFIG)  # re-activates the plugin: it finds the client now
+    plugin = pager_plugin(testbot)
+    plugin._started.result(5)  # activation runs on the client's loop, not waited for
+    assert plugin.notifier is client.plugin["push_notifier"]  # type: ignore[typeddict-item]
+    assert plugin._thread is None  # no loop of its own
+
+    reply = say(testbot, "!page Disk full")
+    assert reply.startswith("Opened page ") and "Not delivered" not in reply
+    page_id = PAGE_ID.search(reply).group(1)  # type: ignore[union-attr]
+    store = Path(testbot.bot_config.BOT_DATA_DIR) / "slixmpp-push-pages.json"
+    assert store.with_name(store.name + ".journal").exists()  # kept in BOT_DATA_DIR
+    assert say(testbot, f"!ack {page_id}").startswith(f"Acknowledged {page_id}")
+
+    say(testbot, "!plugin deactivate SlixmppPushPager")
+    plugin._closing.result(5)
+    assert "push_notifier" not in client.plugin
+
+
+def test_configure_while_errbot_holds_the_loop(testbot: TestBot, xmpp_shape: XmppShape,
+                                               ) -> None:
+    """errbot's own XMPP backend handles messages on slixmpp's loop and, for an admin
+    command such as !plugin config, blocks that loop until the command is done. The
+    plugin's deactivate() and activate() ran then: they waited for that loop, timed
+    out after 30 s and left the pager inactive. Now they hand their work over."""
+    configure(testbot, CONFIG)
+    pager_plugin(testbot)._started.result(5)
+    holding, release = threading.Event(), threading.Event()
+
+    def errbot_waits_for_the_command() -> None:
+        holding.set()
+        release.wait(60)
+
+    xmpp_shape.loop.call_soon_threadsafe(errbot_waits_for_the_command)
+    assert holding.wait(5)
+    try:
+        reconfigured = {**CONFIG, "groups": {"managers": ["boss@localhost"]}}
+        assert "Plugin configuration done" in configure(testbot, reconfigured)
+        plugin = pager_plugin(testbot)
+        assert plugin._started is not None and not plugin._started.done()  # queued
+    finally:
+        release.set()
+    plugin._started.result(5)
+    assert plugin.notifier is xmpp_shape.client.plugin["push_notifier"]  # type: ignore
+    assert plugin.notifier.groups == {"managers": ["boss@localhost"]}
+    assert say(testbot, "!oncall") == f"On call (oncall): {ME}, bob@localhost"
 
 
 async def _client(loop: asyncio.AbstractEventLoop) -> ClientXMPP:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
+from test_fault_stream import until
 
 from slixmpp_push import MemoryStore, Priority
 from slixmpp_push.notifier import Page, PageEngine, PageState, Policy, Step
+from slixmpp_push.notifier.paging import duration
 
 
 class Recorder:
@@ -79,3 +84,64 @@ async def test_resume_keeps_the_step_and_its_time() -> None:
     await asyncio.sleep(0.35)
     assert [t for _, t, _ in sent] == [("b",)]
     await resumed.stop()
+
+
+def paging_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records
+            if r.name == "slixmpp_push.notifier.paging"]
+
+
+async def test_each_turn_of_a_page_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    policy = Policy("oncall", (Step(("alice@x",), 0.3), Step(("group:sre", "bob@x"), 60)),
+                    ack_timeout=0.2)
+    paging, sent = await engine(policy)
+    with caplog.at_level(logging.INFO, logger="slixmpp_push.notifier.paging"):
+        page, _ = await paging.open("db1", "Disk full\non db1", "secret body text",
+                                    Priority.CRITICAL, "oncall", source="alertmanager")
+        await until(lambda: len(sent) == 2, "the second step")
+        await paging.open("db1", "Disk full\non db1", "another body", Priority.CRITICAL,
+                          "oncall", source="alertmanager")  # a duplicate: no line
+        await paging.ack(page, "bob@x")
+        await paging.ack(page, "bob@x")
+        await until(lambda: len(sent) == 3, "paging again after the ack expired")
+        await paging.ack(page, "alice@x")
+        await paging.resolve(page, "alertmanager")
+    await paging.stop()
+    lines = paging_log(caplog)
+    i = page.id
+    assert lines[0] == (f"INFO page {i} opened (source alertmanager, policy oncall, critical):"
+                        f" 'Disk full\\non db1'; paging alice@x")  # the newline escaped
+    assert lines[1] == f"INFO page {i} escalated to step 2 of 2: paging group:sre, bob@x"
+    assert lines[2].startswith(f"INFO page {i} acknowledged by bob@x after ")
+    assert lines[3] == f"INFO page {i} acknowledged again by bob@x"
+    assert lines[4] == (f"INFO page {i}: the ack of bob@x expired, neither renewed nor "
+                        "resolved; paging again from step 1: alice@x")
+    assert lines[5].startswith(f"INFO page {i} acknowledged by alice@x after ")
+    assert lines[6].startswith(f"INFO page {i} resolved by alertmanager after ")
+    assert lines[6].endswith(", acknowledged by alice@x")
+    assert len(lines) == 7
+    assert "body" not in caplog.text  # page bodies never reach the log
+
+
+async def test_a_page_nobody_acks_is_a_warning_naming_the_final_notice(
+        caplog: pytest.LogCaptureFixture) -> None:
+    policy = Policy("p", (Step(("a@x",), 0.02),), repeat=2, final=("boss@x",))
+    paging, sent = await engine(policy)
+    with caplog.at_level(logging.INFO, logger="slixmpp_push.notifier.paging"):
+        page, _ = await paging.open("k", "API down", "", Priority.HIGH, "p")
+        await until(lambda: page.state is PageState.EXHAUSTED and len(sent) == 3,
+                    "the final notice")
+        await paging.resolve(page, "carol@x")
+    await paging.stop()
+    lines = paging_log(caplog)
+    assert lines[1] == f"INFO page {page.id} escalated to step 1 of 1 (round 2 of 2): paging a@x"
+    assert lines[2].startswith(f"WARNING page {page.id}: nobody acknowledged it after 2 "
+                               "round(s) of 1 step(s) in ")
+    assert lines[2].endswith("; final notice to boss@x")
+    assert lines[3].startswith(f"INFO page {page.id} resolved by carol@x after ")
+    assert lines[3].endswith(", nobody had acknowledged it, every step had run")
+
+
+def test_durations_read_at_a_glance() -> None:
+    assert [duration(s) for s in (0.4, 59.6, 125, 3600, 11220)] == [
+        "0s", "1m00s", "2m05s", "1h00m", "3h07m"]

@@ -1,23 +1,31 @@
 """``slixmpp-push register | status | unregister`` against a real Prosody, with our
 app server as its push.localhost component and the console provider: the way
 an operator tests a deployment without a phone. The CLI runs as a separate
-process (its real entry point); the app server runs in the test."""
+process (its real entry point); the app server runs in the test.
+
+The login gives up only when every way in has failed, as slixmpp itself would:
+checked against ejabberd 24.12 offering SCRAM over plain TCP (it refuses the first
+mechanism, "Invalid channel binding", and accepts the next) and against a Prosody
+with STARTTLS on its client port (the first attempt, direct TLS, fails there)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from e2e import APNS_APP, TOPIC, running_appserver, send_chat
-from servers import Account, Connections, make_account
+from servers import Account, Connections, make_account, own_server
 
 from slixmpp_push import AppConfig
 from slixmpp_push.cli import main
-from slixmpp_push.devserver import ProsodyServer
+from slixmpp_push.devserver import DevServer, ProsodyServer
 from slixmpp_push.providers.console import ConsoleProvider
 
 TOKEN = "c0ffee00" * 8
@@ -43,6 +51,29 @@ def password_file(tmp_path: Path, account: Account) -> Path:
     path.write_text(account.password + "\n")
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture(scope="module")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
+    """A CA and its certificate file (what a client is told to trust)."""
+    ca = trustme.CA()
+    ca_file = tmp_path_factory.mktemp("xmpp-ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return ca, ca_file
+
+
+@pytest.fixture(scope="module")
+def starttls_prosody(tls_ca: tuple[trustme.CA, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """Prosody offering STARTTLS on its client port, with a certificate for localhost."""
+    folder = tmp_path_factory.mktemp("xmpp-cert")
+    certificate = tls_ca[0].issue_cert("localhost")
+    certificate.cert_chain_pems[0].write_to_path(str(folder / "localhost.crt"))
+    certificate.private_key_pem.write_to_path(str(folder / "localhost.key"))
+    (folder / "localhost.key").chmod(0o600)
+    yield from own_server(ProsodyServer(extra_modules=("tls",), extra_config=(
+        f'ssl = {{ certificate = "{folder / "localhost.crt"}"; '
+        f'key = "{folder / "localhost.key"}" }}',)))
 
 
 async def test_register_status_unregister(prosody_server: ProsodyServer, xmpp: Connections,
@@ -170,3 +201,77 @@ def test_configuration_mistakes_exit_2(tmp_path: Path, monkeypatch: pytest.Monke
         main(["register", "--jid", "alice@localhost", "--password-file", str(empty),
               "--token", "t", "--dialect", "klingon"])
     assert exited.value.code == 2
+
+
+# -- every way in is tried before giving up ------------------------------------------------
+def tls_args(server: DevServer, account: Account, tmp_path: Path) -> list[str]:
+    """Account arguments for a server with TLS: --host/--port, no --plain."""
+    host, port = server.c2s_address
+    return ["--jid", account.jid, "--host", host, "--port", str(port),
+            "--store", str(tmp_path / "registrar.json"),
+            "--password-file", str(password_file(tmp_path, account))]
+
+
+async def test_a_refused_scram_mechanism_is_not_the_end(scram_ejabberd: DevServer,
+                                                        tmp_path: Path) -> None:
+    alice = await make_account(scram_ejabberd, "alice")
+    host, port = scram_ejabberd.c2s_address
+    common = ["--jid", alice.jid, "--host", host, "--port", str(port), "--plain",
+              "--store", str(tmp_path / "registrar.json")]
+    code, out, err = await cli("status", *common, "--password-env", "PW",
+                               env={"PW": alice.password})
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == "localhost supports push (urn:xmpp:push:0)"
+    # It logged in after a refusal, not at the first try: ejabberd refused SCRAM.
+    assert "Invalid channel binding" in scram_ejabberd.log_text(), scram_ejabberd.log_text()
+
+    code, out, err = await cli("status", *common, "--password-env", "PW",
+                               env={"PW": "not-the-password"})
+    assert (code, out) == (1, "")
+    # The final refusal, after every mechanism offered was tried.
+    assert err == (f"slixmpp-push: cannot log in as {alice.jid}: authentication failed: "
+                   "not-authorized (Invalid username or password) (tried SCRAM-SHA-1, "
+                   "PLAIN)\n")
+
+
+async def test_a_starttls_port_is_reached_after_direct_tls_fails(
+        starttls_prosody: DevServer, tls_ca: tuple[trustme.CA, Path], tmp_path: Path) -> None:
+    alice = await make_account(starttls_prosody, "alice")
+    args = tls_args(starttls_prosody, alice, tmp_path)
+    code, out, err = await cli("status", *args, env={"SSL_CERT_FILE": str(tls_ca[1])})
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == "localhost supports push (urn:xmpp:push:0)"
+    # Without trusting the server's CA: both attempts fail, and the line says how.
+    code, out, err = await cli("status", *args, env={"SSL_CERT_FILE": os.devnull})
+    host, port = starttls_prosody.c2s_address
+    assert (code, out) == (1, "")
+    assert err == (f"slixmpp-push: cannot log in as {alice.jid}: STARTTLS at {host}:{port} "
+                   "failed: its TLS certificate is not trusted (unable to get local issuer "
+                   "certificate) (before: direct TLS: not a TLS port (WRONG_VERSION_NUMBER))\n")
+
+
+async def test_a_server_without_tls_gets_a_hint_about_plain(prosody_server: ProsodyServer,
+                                                            tmp_path: Path) -> None:
+    alice = await make_account(prosody_server, "alice")
+    host, port = prosody_server.c2s_address
+    code, out, err = await cli("register", *tls_args(prosody_server, alice, tmp_path),
+                               "--provider", APNS_APP, "--token", TOKEN)
+    assert (code, out) == (1, "")
+    assert err == (f"slixmpp-push: cannot log in as {alice.jid}: {host}:{port} offers no TLS "
+                   "(direct TLS: not a TLS port (WRONG_VERSION_NUMBER); no STARTTLS), and the "
+                   "password is only sent encrypted (SASL mechanisms offered: PLAIN, "
+                   "SCRAM-SHA-1); a local test server without TLS: add --plain\n")
+
+
+async def test_nothing_listening_names_each_attempt(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free, and nothing listens on it
+        (tmp_path / "pw").write_text("pw")
+        code, out, err = await cli("status", "--jid", "alice@localhost", "--host", "127.0.0.1",
+                                   "--port", str(port), "--password-file", str(tmp_path / "pw"),
+                                   "--store", str(tmp_path / "registrar.json"))
+    assert (code, out) == (1, "")
+    assert err == (f"slixmpp-push: cannot log in as alice@localhost: cannot connect to "
+                   f"127.0.0.1:{port} (direct TLS: connection refused; STARTTLS: connection "
+                   "refused)\n")

@@ -6,15 +6,16 @@ status). What must hold: exit status 2 for the configuration (1 for an
 unreadable store), exactly one line on stderr naming the key, never a
 traceback. Then the misconfigurations ``serve`` can only find by connecting, a
 wrong component secret, the client port instead of the component port, a
-wrong component name, against real Prosody and ejabberd: each refused attempt
-is logged as one line with the likely fix (the doctor's diagnosis), retried
-with a growing delay, and ``/health`` names the cause.
+wrong component name, against real Prosody and ejabberd: the first login
+refused so is one line with the likely fix (the doctor's diagnosis) and exit
+status 2; once a session has been up, the same refusal is logged and retried
+with a growing delay, and ``/health`` names the cause, as is a port where no
+server answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import socket
 import subprocess
@@ -25,12 +26,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from fakes.xmpp_server import FakeComponentServer
+from servers import Connections, disconnect, make_account
 from test_fault_stream import free_port, health, serving, until
 
 from slixmpp_push.cli import main
 from slixmpp_push.config import load_config
 from slixmpp_push.devserver import DevServer, ProsodyServer
-from slixmpp_push.errors import ConfigError
+from slixmpp_push.errors import ConfigError, LoginRefused
 from slixmpp_push.metrics import Metrics
 from slixmpp_push.server import serve
 from slixmpp_push.status_http import StatusServer
@@ -150,6 +153,15 @@ async def test_a_start_up_failure_stops_what_had_started(tmp_path: Path,
     config = load_config(write_config(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{busy_port}"\n'))
     with pytest.raises(ConfigError, match=r"^metrics\.listen: port"):
         await serve(config)
+    store = TinyDBStore(config.store)  # the lock serve took is free again
+    await store.open()
+    await store.close()
+    # Refused at the first login: the providers, the store and /health were up by then.
+    async with FakeComponentServer("push.localhost", "the-servers-secret") as server:
+        config = load_config(write_config(
+            tmp_path, f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n', port=server.port))
+        with pytest.raises(LoginRefused, match="the server refused the component handshake"):
+            await serve(config)
     store = TinyDBStore(config.store)  # the lock serve took is free again
     await store.open()
     await store.close()
@@ -313,9 +325,10 @@ def real_server(request: pytest.FixtureRequest) -> DevServer:
     return server
 
 
-@pytest.mark.parametrize("mistake", ["wrong secret", "client port", "wrong name"])
-async def test_a_refused_login_says_why_and_how_to_fix_it(
+@pytest.mark.parametrize("mistake", ["wrong secret", "client port", "wrong name", "virtual host"])
+def test_a_refused_first_login_is_one_line_and_exit_2(
         real_server: DevServer, tmp_path: Path, mistake: str) -> None:
+    """No retry changes these: serve stops with the fix, and systemd does not restart it."""
     spec = real_server.component
     jid, port, secret = spec.jid, real_server.component_port, spec.secret
     prosody = isinstance(real_server, ProsodyServer)
@@ -327,46 +340,102 @@ async def test_a_refused_login_says_why_and_how_to_fix_it(
         port = real_server.c2s_port
         expected = (f"127.0.0.1:{port} is the client (c2s) port, not the component port",
                     "Fix: set [xmpp] port to the server's component listener")
-    else:
+    elif mistake == "wrong name":
         jid = "nopush.localhost"
         expected = (("the server has no component nopush.localhost: host-unknown",
                      "Fix: [xmpp] jid must be a component of the server") if prosody else
                     # ejabberd answers an unknown name as it does a wrong secret
                     ("the server refused the component handshake: not-authorized",
                      "nopush.localhost is not in that listener's hosts"))
-    metrics_port = free_port()
-    config = write_config(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
+    else:
+        jid = "localhost"
+        expected = (("the server has no component localhost: host-unknown",
+                     "Fix: [xmpp] jid must be a component of the server") if prosody else
+                    ("localhost is a virtual host of the server, not a component: conflict",
+                     "Fix: give the app server its own name"))
+    config = write_config(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n',
                           jid=jid, port=port, secret=secret)
+    served = run_cli("serve", "--config", str(config))
+    line = one_line(served.stderr)
+    assert served.returncode == 2, served.stderr
+    assert line.startswith(f"slixmpp-push: cannot log in to 127.0.0.1:{port} as {jid}: "), line
+    assert all(part in line for part in expected), line
+
+
+async def test_a_component_already_connected_is_waited_for(
+        prosody_server: ProsodyServer, xmpp: Connections, tmp_path: Path) -> None:
+    """Refused too, but not for good: another process holds the name (or the server still
+    holds our previous stream). serve retries, and connects once the name is free.
+    (ejabberd lets several connections share a component name: nothing to wait for.)"""
+    spec = prosody_server.component
+    holder = await xmpp.component(prosody_server)
+    config = write_config(tmp_path, jid=spec.jid, port=prosody_server.component_port,
+                          secret=spec.secret)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "slixmpp_push.cli", "serve", "--config", str(config),
         stderr=asyncio.subprocess.PIPE)
     assert process.stderr is not None
     lines: list[str] = []
-    try:
-        refused: list[str] = []
-        while len(refused) < 3:
-            raw = await asyncio.wait_for(process.stderr.readline(), 30)
+
+    async def until_line(part: str) -> str:
+        while True:
+            raw = await asyncio.wait_for(process.stderr.readline(), 30)  # type: ignore[union-attr]
             assert raw, "serve exited: " + "\n".join(lines)
             lines.append(raw.decode().rstrip("\n"))
-            if "cannot log in" in lines[-1]:
-                refused.append(lines[-1])
-        status, details = await health(metrics_port)
+            if part in lines[-1]:
+                return lines[-1]
+
+    try:
+        refused = await until_line("cannot log in")
+        await disconnect(holder)
+        await until_line(f"connected to 127.0.0.1:{prosody_server.component_port} as {spec.jid}")
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
-    text = "\n".join(lines)
-    assert "Traceback" not in text, text
-    prefix = f"ERROR slixmpp_push.connection: cannot log in to 127.0.0.1:{port} as {jid}: "
-    delays = []
-    for line in refused:
-        assert prefix in line and all(part in line for part in expected), line
-        delays.append(float(re.search(r"\(retrying in (\d+) s\)$", line).group(1)))  # type: ignore[union-attr]
-    assert delays == [1, 2, 4], refused  # backoff, not a tight loop
-    # Between two refusals nothing else is logged at INFO or above: one line each.
-    after_first = lines[lines.index(refused[0]):]
-    assert [line for line in after_first if line not in refused] == [], text
-    assert status == 503 and details["xmpp"]["connected"] is False
-    assert expected[0] in details["xmpp"]["problem"], json.dumps(details)
+    assert "Traceback" not in "\n".join(lines)
+    assert "already connected" in refused and refused.endswith("(retrying in 1 s)"), refused
+
+
+async def test_a_client_account_on_a_server_without_tls_is_refused_at_once(
+        prosody_server: ProsodyServer, tmp_path: Path) -> None:
+    """Client mode: slixmpp refuses to send the password unencrypted; no retry helps."""
+    bot = await make_account(prosody_server, "pushbot")
+    (tmp_path / "password").write_text(bot.password)
+    host, port = prosody_server.c2s_address
+    config = tmp_path / "push.toml"
+    config.write_text(f'[xmpp]\nmode = "client"\njid = "{bot.jid}"\nhost = "{host}"\n'
+                      f'port = {port}\npassword_file = "password"\n'
+                      '[appserver]\nstore = "store.json"\n[apps.console]\ntype = "console"\n')
+    served = await asyncio.to_thread(run_cli, "serve", "--config", str(config))
+    assert served.returncode == 2, served.stderr
+    assert one_line(served.stderr).startswith(
+        f"slixmpp-push: cannot log in to {host}:{port} as {bot.jid}: {host}:{port} offers no "
+        "STARTTLS, and slixmpp sends no password over an unencrypted stream"), served.stderr
+    assert bot.password not in served.stderr
+
+
+async def test_a_refusal_after_a_session_is_retried(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Once a session has been up, the server's configuration may be changing under us
+    (a secret rotated on one side first): each refusal is one line, retried with
+    backoff, and the stream comes back when the secret matches again."""
+    async with FakeComponentServer("push.localhost", "s3cret") as server:
+        async with serving(tmp_path, server.port, secret="s3cret") as metrics_port:
+            first = await server.wait_session()
+            server.secret = "rotated-on-the-server-first"
+            first.abort("server restart")
+            refused = await until(lambda: [r.getMessage() for r in caplog.records
+                                           if "cannot log in" in r.getMessage()],
+                                  "a refused attempt", timeout=30)
+            status, details = await health(metrics_port)
+            server.secret = "s3cret"
+            await server.wait_session(after=first.index, timeout=30)  # the retry
+    assert refused[0].startswith(f"cannot log in to 127.0.0.1:{server.port} as push.localhost: "
+                                 "the server refused the component handshake: not-authorized. "
+                                 "Fix: [xmpp] secret_file/secret_env"), refused
+    # 1 s after the session ended, then the delay doubles.
+    assert refused[0].endswith("(retrying in 2 s)"), refused
+    assert status == 503 and "not-authorized" in details["xmpp"]["problem"]
 
 
 @pytest.mark.parametrize("port_kind", ["nothing listens", "never answers"])

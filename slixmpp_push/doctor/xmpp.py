@@ -202,17 +202,25 @@ async def _client_login(xmpp: XmppConfig, where: str, timeout: float, features: 
         if not outcome.done():
             outcome.set_result(result)
 
+    refusals: list[str] = []
+
     def on_failed_auth(stanza: Any) -> None:
-        condition = stanza["condition"] if stanza is not None else "not-authorized"
-        settle(failed("xmpp", f"the server refused the password of {bare}: {condition}",
+        # One mechanism refused; slixmpp goes on with the next (ejabberd 24.12 refuses
+        # SCRAM over plain TCP, then accepts PLAIN), so only failed_all_auth is final.
+        refusals.append(stanza["condition"] if stanza is not None else "not-authorized")
+
+    def on_failed_all_auth(_event: object) -> None:
+        if not refusals:
+            settle(failed("xmpp", cannot, _NO_MECHANISM_FIX))
+            return
+        settle(failed("xmpp", f"the server refused the password of {bare}: {refusals[-1]}",
                       "[xmpp] password_file/password_env must hold the account's password"))
 
     handlers: list[tuple[str, Any]] = [
         ("session_start", lambda _: settle(passed("xmpp", f"logged in as {bare} at {where}"))),
         ("failed_auth", on_failed_auth),
-        ("no_auth", lambda _: settle(failed(
-            "xmpp", cannot, "enable TLS (STARTTLS) and SCRAM or PLAIN on the server's client "
-                            "port"))),
+        ("failed_all_auth", on_failed_all_auth),
+        ("no_auth", lambda _: settle(failed("xmpp", cannot, _NO_MECHANISM_FIX))),
         ("connection_failed", lambda error: settle(failed(
             "xmpp", f"cannot connect to {where}: {error}",
             "check [xmpp] host and port, and the server's TLS certificate"))),
@@ -240,6 +248,9 @@ async def _client_login(xmpp: XmppConfig, where: str, timeout: float, features: 
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), 2.0)
         client.abort()
+
+
+_NO_MECHANISM_FIX = "enable TLS (STARTTLS) and SCRAM or PLAIN on the server's client port"
 
 
 def _wrong_port(where: str, namespace: str | None, expected: str) -> tuple[str, str]:

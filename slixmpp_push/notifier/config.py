@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config_reader import Section, parse_listen
 from ..errors import ConfigError
-from .ingest import ReceiverConfig
 from .models import Policy, Step
 from .publisher import RemoteTarget
 
@@ -25,6 +25,19 @@ class MucSettings:
     nick: str = "pager"
     password: str | None = None
     window: float = 30.0
+
+
+@dataclass(slots=True)
+class ReceiverConfig:
+    """``[ingest]``: where the alert receiver listens, whom it lets in, how much."""
+
+    host: str = "127.0.0.1"
+    port: int = 9095
+    token: str | None = None  # None: no auth (only sensible on loopback)
+    max_body: int = 256 * 1024
+    rate_burst: int = 30  # requests per client ...
+    rate_interval: float = 2.0  # ... then one per interval
+    policy: str | None = None  # default escalation policy for pages
 
 
 @dataclass(slots=True)
@@ -55,13 +68,11 @@ def _targets(value: Any, key: str) -> tuple[str, ...]:
 
 
 def read_notifier(section: Any, base: Path) -> NotifierSettings:
-    from ..config import _Section  # the shared typed-key reader
-
-    notifier = _Section(section, "notifier", base)
+    notifier = Section(section, "notifier", base)
     policies: dict[str, Policy] = {}
     for name, raw in notifier.get("policies", dict, {}).items():
         where = f"notifier.policies.{name}"
-        policy = _Section(raw if isinstance(raw, dict) else {}, where, base)
+        policy = Section(raw if isinstance(raw, dict) else {}, where, base)
         if not isinstance(raw, dict):
             raise ConfigError(where, "must be a table")
         steps = []
@@ -69,7 +80,7 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
             step_key = f"{where}.steps[{index}]"
             if not isinstance(step, dict):
                 raise ConfigError(step_key, "must be a table {targets = [...], wait = seconds}")
-            reader = _Section(step, step_key, base)
+            reader = Section(step, step_key, base)
             targets = _targets(reader.get("targets", list, required=True),
                                f"{step_key}.targets")
             wait = reader.positive("wait", 300.0, allow_zero=False)
@@ -97,7 +108,7 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
         where = f"notifier.remotes.{name}"
         if not isinstance(raw, dict):
             raise ConfigError(where, "must be a table")
-        remote = _Section(raw, where, base)
+        remote = Section(raw, where, base)
         remotes[name] = RemoteTarget(jid=remote.get("jid", str, required=True),
                                      node=remote.get("node", str, required=True),
                                      secret=remote.secret("secret", required=False))
@@ -107,7 +118,7 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
     echo_window = notifier.positive("echo_window", 15.0)
     omemo = muc = None
     if "omemo" in section:
-        reader = _Section(notifier.get("omemo", dict), "notifier.omemo", base)
+        reader = Section(notifier.get("omemo", dict), "notifier.omemo", base)
         trusted = reader.get("trusted", dict, {})
         for jid, prints in trusted.items():
             if not isinstance(prints, list) or not all(isinstance(p, str) for p in prints):
@@ -118,7 +129,7 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
                               trusted=trusted)
         reader.finish()
     if "muc" in section:
-        reader = _Section(notifier.get("muc", dict), "notifier.muc", base)
+        reader = Section(notifier.get("muc", dict), "notifier.muc", base)
         muc = MucSettings(room=reader.get("room", str, required=True),
                           nick=reader.get("nick", str, "pager"),
                           password=reader.secret("password", required=False),
@@ -130,9 +141,7 @@ def read_notifier(section: Any, base: Path) -> NotifierSettings:
 
 
 def read_ingest(section: Any, base: Path) -> ReceiverConfig:
-    from ..config import _Section, parse_listen
-
-    ingest = _Section(section, "ingest", base)
+    ingest = Section(section, "ingest", base)
     host, port = parse_listen(ingest.get("listen", str, "127.0.0.1:9095"), "ingest.listen")
     token = ingest.secret("token", required=host not in ("127.0.0.1", "::1", "localhost"))
     config = ReceiverConfig(host=host, port=port, token=token,

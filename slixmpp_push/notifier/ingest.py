@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..appserver.delivery import RateLimiter
 from ..errors import MissingDependency, StoreError
 from ..logs import LogSampler
 from ..models import Priority
+from ..ratelimit import RateLimiter
+from .config import ReceiverConfig
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -46,17 +47,6 @@ class BadRequest(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"field '{field}' {problem}")
         self.field = field
-
-
-@dataclass(slots=True)
-class ReceiverConfig:
-    host: str = "127.0.0.1"
-    port: int = 9095
-    token: str | None = None  # None: no auth (only sensible on loopback)
-    max_body: int = 256 * 1024
-    rate_burst: int = 30  # requests per client ...
-    rate_interval: float = 2.0  # ... then one per interval
-    policy: str | None = None  # default escalation policy for pages
 
 
 # -- parsing (pure) ----------------------------------------------------------------------

@@ -65,6 +65,14 @@ class Page:
     def active(self) -> bool:
         return self.state in (PageState.OPEN, PageState.ACKED, PageState.EXHAUSTED)
 
+    def paging_since(self) -> float:
+        """When the current escalation began: opened, or paged again after an ack
+        expired (the time to acknowledge is measured from here)."""
+        for at, event, *_ in reversed(self.history):
+            if event in ("opened", "ack expired"):
+                return float(at)
+        return self.created  # its history was cut (200 entries): the page's start
+
     def log(self, at: float, event: str, detail: str = "") -> None:
         self.history.append([round(at, 3), event, detail])
         del self.history[:-200]  # bounded: a flapping alert must not grow forever

@@ -11,6 +11,14 @@ stops escalating. An ack stops escalation; with ``ack_timeout`` the ack
 expires and the page escalates again from the first step. Resolving closes
 it. Pages are deduplicated by key: opening a page whose key is already active
 updates that page instead of paging again.
+
+Operators watch it through INFO log lines (one per page opened, escalated,
+acknowledged, resolved, or paged again after an ack expired; a WARNING when a
+page ran every step unacknowledged) and :class:`~slixmpp_push.metrics.PagerMetrics`.
+The lines name the page, its policy, the accounts and targets, and its title:
+the title goes to Apple and Google in every push anyway, and without it a log
+reader cannot tell one page from another. The body, which reaches the providers
+only with ``include_body``, is never logged.
 """
 
 from __future__ import annotations
@@ -21,7 +29,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import CollectorRegistry
+
 from ..errors import StoreError
+from ..limits import quoted
+from ..metrics import PagerMetrics, PagesNow
 from ..models import Priority
 from ..store import PAGES, Store
 from .models import Page, PageState, Policy
@@ -30,6 +42,7 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[Page, tuple[str, ...], str], Awaitable[None]]
 ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read out at 3 a.m.
+TITLE_LOG_CHARS = 100  # a title longer than this is cut in log lines
 
 
 class UnknownPolicy(KeyError):
@@ -37,10 +50,16 @@ class UnknownPolicy(KeyError):
 
 
 class PageEngine:
-    def __init__(self, store: Store, policies: dict[str, Policy], send: Send) -> None:
+    """Pages and their escalation timers. ``metrics``: where to count (default: a
+    registry of its own, for an engine nobody scrapes)."""
+
+    def __init__(self, store: Store, policies: dict[str, Policy], send: Send,
+                 metrics: PagerMetrics | None = None) -> None:
         self.store = store
         self.policies = policies
         self.send = send
+        self.metrics = metrics if metrics is not None else PagerMetrics(CollectorRegistry())
+        self.metrics.watch(self.now)
         self.pages: dict[str, Page] = {}
         self._by_key: dict[str, str] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -87,6 +106,17 @@ class PageEngine:
         candidates = [p for p in self.pages.values() if account in p.paged and p.active]
         return max(candidates, key=lambda p: p.created) if candidates else None
 
+    def now(self) -> PagesNow:
+        """Active pages by state, and how long the oldest unacknowledged one has paged."""
+        by_state: dict[str, int] = {}
+        oldest = 0.0
+        now = time.time()
+        for page in self.pages.values():
+            by_state[page.state.value] = by_state.get(page.state.value, 0) + 1
+            if page.state in (PageState.OPEN, PageState.EXHAUSTED):
+                oldest = max(oldest, now - page.paging_since())
+        return PagesNow(by_state, oldest)
+
     # -- actions ------------------------------------------------------------------------
     async def open(self, key: str, title: str, body: str, priority: Priority,
                    policy: str, source: str = "") -> tuple[Page, bool]:
@@ -107,6 +137,9 @@ class PageEngine:
         page.log(now, "opened", source)
         self.pages[page.id] = page
         self._by_key[key] = page.id
+        log.info("page %s opened (source %s, policy %s, %s): %s; paging %s", page.id,
+                 source or "api", policy, priority.value, quoted(title, TITLE_LOG_CHARS),
+                 ", ".join(self.policies[policy].steps[0].targets))
         try:
             await self._run_step(page)
         except StoreError:
@@ -114,7 +147,9 @@ class PageEngine:
             # sender's retry opens it afresh instead of finding a page nobody runs.
             del self.pages[page.id]
             self._by_key.pop(key, None)
+            log.info("page %s forgotten: it could not be stored", page.id)
             raise
+        self.metrics.opened.labels(source_kind(source), policy).inc()
         return page, True
 
     async def ack(self, page: Page, by: str) -> None:
@@ -122,6 +157,14 @@ class PageEngine:
             return
         now = time.time()
         policy = self.policies.get(page.policy)
+        if page.state is PageState.ACKED:
+            log.info("page %s acknowledged again by %s", page.id, by)
+        else:
+            waited = now - page.paging_since()
+            opened = now - page.created
+            log.info("page %s acknowledged by %s after %s%s", page.id, by, duration(waited),
+                     f" (open for {duration(opened)})" if opened - waited >= 1 else "")
+            self.metrics.ack_seconds.labels(page.policy).observe(max(0.0, waited))
         page.state = PageState.ACKED
         page.acked_by = by
         page.updated = now
@@ -138,6 +181,13 @@ class PageEngine:
         if page.state is PageState.RESOLVED:
             return
         now = time.time()
+        was = page.state
+        log.info("page %s resolved by %s after %s, %s", page.id, by,
+                 duration(now - page.created),
+                 f"acknowledged by {page.acked_by}" if was is PageState.ACKED
+                 else "nobody had acknowledged it" if was is PageState.OPEN
+                 else "nobody had acknowledged it, every step had run")
+        self.metrics.resolved.labels(page.policy, was.value).inc()
         page.state = PageState.RESOLVED
         page.resolved_by = by
         page.updated = now
@@ -154,6 +204,12 @@ class PageEngine:
         step = policy.steps[page.step]
         now = time.time()
         page.log(now, "step", f"round {page.round + 1} step {page.step + 1}")
+        if page.step or page.round:
+            log.info("page %s escalated to step %d of %d%s: paging %s", page.id,
+                     page.step + 1, len(policy.steps),
+                     f" (round {page.round + 1} of {policy.repeat})" if policy.repeat > 1
+                     else "", ", ".join(step.targets))
+            self.metrics.escalations.labels(page.policy).inc()
         page.next_at = now + step.wait
         await self._save(page)  # before sending: a crash now re-runs the step, never skips it
         self._schedule(page)
@@ -171,6 +227,9 @@ class PageEngine:
                 return
             now = time.time()
             if page.state is PageState.ACKED:
+                log.info("page %s: the ack of %s expired, neither renewed nor resolved; "
+                         "paging again from step 1: %s", page.id, page.acked_by,
+                         ", ".join(policy.steps[0].targets))
                 page.log(now, "ack expired", page.acked_by or "")
                 page.state = PageState.OPEN
                 page.acked_by = None
@@ -187,6 +246,13 @@ class PageEngine:
                 page.state = PageState.EXHAUSTED
                 page.next_at = 0.0
                 page.log(now, "exhausted")
+                # A warning: the pager did not reach anyone who answered.
+                log.warning("page %s: nobody acknowledged it after %d round(s) of %d "
+                            "step(s) in %s; %s", page.id, policy.repeat, len(policy.steps),
+                            duration(now - page.paging_since()),
+                            f"final notice to {', '.join(policy.final)}" if policy.final
+                            else "no final notice configured; it stays open")
+                self.metrics.exhausted.labels(page.policy).inc()
                 await self._save(page)
                 if policy.final:
                     await self.send(page, policy.final, "final")
@@ -225,3 +291,19 @@ class PageEngine:
             page_id = "".join(secrets.choice(ID_ALPHABET) for _ in range(4))
             if page_id not in self.pages:
                 return page_id
+
+
+def source_kind(source: str) -> str:
+    """The metric label for who opened a page: ``alertmanager``, ``notify`` (the
+    webhook), ``errbot`` (from ``errbot:<person>``), ``api`` when unnamed."""
+    return source.split(":", 1)[0][:32] or "api"
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``3h07m``: short enough for a log line, read at a glance."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole // 60 % 60:02d}m"

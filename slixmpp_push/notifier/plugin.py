@@ -21,23 +21,34 @@ Config keys:
 ``chat`` / ``chat_sender``
     Send chat messages (default True) and how (default: plain ``chat``).
 ``chat_commands``
-    Answer ``ack``/``resolve``/``pages``/``oncall`` chat messages (default True;
-    off when a host framework such as errbot owns the commands).
+    Answer ``ack``/``resolve``/``pages``/``oncall``/``help`` chat messages (default
+    True; off when a host framework such as errbot owns the commands).
 ``store``
     Where pages are kept; default: the ``push_appserver``'s store.
 ``echo_window``
     Seconds during which the user's server's publish for a page's chat message
     is not pushed again (default 15; 0 pushes it): one notification per page on
     each device. See :mod:`slixmpp_push.appserver.echoes` for what it costs.
+``metrics``
+    The :class:`~slixmpp_push.metrics.Metrics` to count pages in (default: the
+    ``push_appserver``'s, so that its /metrics shows them; else a new one).
 
 Chat commands understood from people: ``ack [ID]``, ``resolve [ID]``,
-``pages``, ``oncall``. Events: ``page_opened``, ``page_acked``,
-``page_resolved``, ``page_escalated`` (a Page).
+``pages``, ``oncall``, ``help``. ``help`` is answered to anyone: it lists
+commands, not data. The other commands are answered only to accounts the pager
+knows (a responder, a target of a policy, or paged for an open page): open
+pages' titles and who is on call are the team's business. An unknown command
+gets the list only from an account the pager knows, at most once per
+``HINT_INTERVAL``: a stranger's message, or another bot's automatic
+answer, must not get the bot to write back, or two bots would answer each other
+forever. Events: ``page_opened``, ``page_acked``, ``page_resolved``,
+``page_escalated`` (a Page).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -47,11 +58,14 @@ from typing import Any
 
 from slixmpp import JID, Message
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.jid import InvalidJID
 from slixmpp.plugins.base import BasePlugin
 
 from ..appserver import PushAppServer, Submitted
 from ..logs import loggable_node
+from ..metrics import Metrics
 from ..models import Notification, Priority
+from ..ratelimit import RateLimiter
 from ..store import MemoryStore, Store
 from .chat import ChatSender, PlainChat
 from .models import Page, PageState, Policy
@@ -62,6 +76,23 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP_DEPTH = 8
 FAN_OUT = 200  # deliveries in flight at once
+HINT_INTERVAL = 600.0  # seconds between two "unknown command" answers to one account
+#: Payloads whose message body is only a fallback ("This message is encrypted…"): not
+#: an unknown command (OMEMO 0.3 and 2, OpenPGP for XMPP, legacy OpenPGP, XEP-0380).
+ENCRYPTED_PAYLOADS = frozenset({
+    "{eu.siacs.conversations.axolotl}encrypted", "{urn:xmpp:omemo:2}encrypted",
+    "{urn:xmpp:openpgp:0}openpgp", "{jabber:x:encrypted}x", "{urn:xmpp:eme:0}encryption",
+})
+
+#: What ``help`` answers (and an unknown command from an account the pager knows).
+HELP = "\n".join((
+    "Commands:",
+    "ack [ID] - take a page: its escalation stops (without ID: your latest page)",
+    "resolve [ID] - close a page when it is fixed",
+    "pages - the open pages",
+    "oncall - who is paged first",
+    "help - this list",
+))
 
 
 #: What counts as a push that reached (or will reach) the device.
@@ -98,6 +129,7 @@ class PushNotifier(BasePlugin):
         "chat_commands": True,
         "store": None,
         "echo_window": 15.0,
+        "metrics": None,
     }
 
     def plugin_init(self) -> None:
@@ -109,6 +141,9 @@ class PushNotifier(BasePlugin):
         self.engine: PageEngine | None = None
         self._started: asyncio.Future[None] | None = None
         self._receipts: dict[str, str] = {}  # message id → page id
+        self._hints = RateLimiter(burst=1, interval=HINT_INTERVAL)  # per account
+        self._known: frozenset[str] | None = None  # see knows()
+        self.metrics: Metrics | None = self.config.get("metrics")
         self.xmpp.add_event_handler("message", self._on_message)
         self.xmpp.add_event_handler("omemo_message", self._on_encrypted_message)
         self.xmpp.add_event_handler("receipt_received", self._on_receipt)
@@ -148,7 +183,9 @@ class PushNotifier(BasePlugin):
             log.warning("push_notifier without push_appserver or a store: pages are not kept")
             store = MemoryStore()
             await store.open()
-        self.engine = PageEngine(store, self.policies, self._send_page)
+        if self.metrics is None:
+            self.metrics = appserver.metrics if appserver is not None else Metrics()
+        self.engine = PageEngine(store, self.policies, self._send_page, self.metrics.pager())
         self.engine.resume()
 
     async def stop(self) -> None:
@@ -324,6 +361,23 @@ class PushNotifier(BasePlugin):
         account = bare_jid(who)
         return account in page.paged or account in set(self.config.get("responders", ()))
 
+    def knows(self, account: str) -> bool:
+        """Whether the pager has business with ``account`` (a bare JID): a responder,
+        a target of some policy (groups expanded), or paged for an active page."""
+        if self._known is None:
+            specs = [target for policy in self.policies.values()
+                     for targets in [*(step.targets for step in policy.steps), policy.final]
+                     for target in targets]
+            known: set[str] = set()
+            for spec in [*self.expand(specs), *self.config.get("responders", ())]:
+                if not spec.startswith(("node:", "remote:")):
+                    with contextlib.suppress(InvalidJID):
+                        known.add(bare_jid(spec))
+            self._known = frozenset(known)
+        engine = self.engine
+        return account in self._known or (engine is not None and any(
+            account in page.paged for page in engine.pages.values()))
+
     def oncall(self, policy: str | None = None) -> list[str]:
         """Who the first step of a policy pages (accounts and other targets)."""
         name = policy or self.config.get("default_policy") or next(iter(self.policies), None)
@@ -361,10 +415,20 @@ class PushNotifier(BasePlugin):
             return
         verb = words[0].lower()
         argument = words[1].upper() if len(words) > 1 else None
-        if verb not in ("ack", "resolve", "pages", "oncall") or not self.config.get(
-                "chat_commands", True):
+        if not self.config.get("chat_commands", True):
+            return
+        if verb == "help":
+            await self._reply(message, encrypted, HELP)
+            return
+        if verb not in ("ack", "resolve", "pages", "oncall"):
+            await self._unknown_command(message, encrypted, sender)
             return
         engine = await self._engine()
+        if not self.knows(sender):
+            # Open pages' titles and who is on call are the team's business; and an
+            # answer to a stranger could start two bots talking (see the docstring).
+            log.debug("%s from %s ignored: not known to the pager", verb, sender)
+            return
         if verb == "pages":
             lines = [f"{p.id} {p.state.value} {p.priority.value} {p.title}"
                      for p in sorted(engine.pages.values(), key=lambda p: p.created)]
@@ -393,6 +457,14 @@ class PushNotifier(BasePlugin):
         else:
             await self.resolve(page.id, sender)
             await self._reply(message, encrypted, f"Resolved {page.id}.")
+
+    async def _unknown_command(self, message: Message, encrypted: bool, sender: str) -> None:
+        if not encrypted and any(child.tag in ENCRYPTED_PAYLOADS for child in message.xml):
+            return  # the body is a fallback; OmemoChat fires the decrypted text itself
+        await self.start()  # knows() looks at the open pages
+        if not self.knows(sender) or self._hints.take(sender, time.monotonic()):
+            return  # a stranger, or told a moment ago: stay silent (see the docstring)
+        await self._reply(message, encrypted, "I did not understand that. " + HELP)
 
     async def _reply(self, message: Message, encrypted: bool, text: str) -> None:
         reply = getattr(self.chat_sender, "reply", None)

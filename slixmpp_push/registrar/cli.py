@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from slixmpp import JID, ClientXMPP
 from slixmpp.jid import InvalidJID
 
+from ..client_login import ClientLogin, LoginFailed
 from ..errors import ConfigError
 from ..logs import short_token
 from ..store import Store, TinyDBStore
@@ -38,10 +40,6 @@ from .plugin import PushRegistrar
 EXIT_XMPP = 1
 DEFAULT_STORE = "~/.local/state/slixmpp-push/registrar.json"
 PLUGINS = ("xep_0030", "xep_0004", "xep_0050", "push_registrar")
-
-
-class LoginFailed(Exception):
-    """The account could not log in (connection, TLS or authentication)."""
 
 
 class _RefusePassword(argparse.Action):
@@ -148,6 +146,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     jid, password = account_jid(args), read_password(args)
+    if not logging.getLogger().handlers:
+        # The one line printed says what failed: no slixmpp log lines besides it
+        # (it logs "No appropriate login method." where we explain why).
+        logging.getLogger().addHandler(logging.NullHandler())
     return asyncio.run(run_async(args, jid, password))
 
 
@@ -176,7 +178,10 @@ async def run_async(args: argparse.Namespace, jid: JID, password: str) -> int:
 
 async def login(args: argparse.Namespace, jid: JID, password: str, store: Store,
                 ) -> ClientXMPP:
-    """A ClientXMPP with push_registrar (no automatic re-enabling), after session start."""
+    """A ClientXMPP with push_registrar (no automatic re-enabling), after session start.
+
+    Raises :class:`LoginFailed` only once every way in has failed: each address and
+    method slixmpp tries (direct TLS, then STARTTLS), each SASL mechanism."""
     config: dict[str, dict[str, Any]] = {
         "push_registrar": {"store": store, "reenable": False, "timeout": args.timeout}}
     if args.plain:
@@ -187,34 +192,18 @@ async def login(args: argparse.Namespace, jid: JID, password: str, store: Store,
         xmpp.enable_plaintext = True
     for plugin in PLUGINS:
         xmpp.register_plugin(plugin)
-    outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def failed(reason: str) -> Any:
-        def handler(data: Any) -> None:
-            if not outcome.done():
-                detail = f" ({data})" if data and not isinstance(data, dict) else ""
-                outcome.set_exception(LoginFailed(reason + detail))
-        return handler
-
-    def started(_event: Any) -> None:
-        if not outcome.done():
-            outcome.set_result(None)
-
-    xmpp.add_event_handler("session_start", started)
-    xmpp.add_event_handler("failed_auth", failed("authentication failed"))
-    xmpp.add_event_handler("connection_failed", failed("cannot connect"))
-    xmpp.add_event_handler("disconnected", failed("disconnected before the session started"))
-    if args.host:
-        xmpp.connect(args.host, args.port)
+    address = (args.host, args.port) if args.host else None
+    watch = ClientLogin(xmpp, address)
+    if address:
+        xmpp.connect(*address)
     else:
         xmpp.connect()
     try:
-        await asyncio.wait_for(outcome, args.timeout + 10)
-    except BaseException as exc:
-        xmpp.cancel_connection_attempt()
-        xmpp.abort()
-        if isinstance(exc, TimeoutError):
-            raise LoginFailed("no session in time") from None
+        await watch.wait(args.timeout + 10)
+    except LoginFailed as exc:
+        if exc.no_tls and not args.plain:
+            raise LoginFailed(f"{exc}; a local test server without TLS: add --plain",
+                              no_tls=True) from None
         raise
     return xmpp
 

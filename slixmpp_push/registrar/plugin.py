@@ -44,6 +44,12 @@ Events:
 ``push_remote_disabled``
     A :class:`ClientRegistration` the app server disabled (``affiliation='none'``);
     it is dropped from the store and disabled at the account's server.
+
+This module holds the plugin class: configuration, life cycle and the public
+API. The jobs behind that API live beside it: :mod:`.own_server` (``<enable>``
+and ``<disable>`` at the account's server), :mod:`.app_server` (discovery and
+ad-hoc commands), :mod:`.records` (the store), :mod:`.sessions` (re-enabling
+on each new session) and :mod:`.remote_disable`.
 """
 
 from __future__ import annotations
@@ -51,21 +57,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Any
-from xml.etree.ElementTree import Element
 
-from slixmpp import JID, Iq
-from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp import JID
 from slixmpp.plugins.base import BasePlugin
-from slixmpp.xmlstream import StanzaBase
-from slixmpp.xmlstream.handler import CoroutineCallback
-from slixmpp.xmlstream.matcher import MatchXPath
 
-from ..errors import StoreError
 from ..logs import loggable_node, short_token
-from ..store import CLIENT_REGISTRATIONS, MemoryStore, Store, TinyDBStore
-from ..xep_0357.stanza import NS, PUBLISH_OPTIONS_FORM_TYPE, MutedItem, register_stanzas
+from ..store import MemoryStore, Store, TinyDBStore
+from ..xep_0357.stanza import NS, register_stanzas
+from . import own_server, remote_disable
+from .app_server import find_app_server, run_command
 from .dialects import (
     ClientDialect,
     ClientRegistration,
@@ -76,47 +77,11 @@ from .dialects import (
     get_dialect,
     record_key,
 )
-from .errors import (
-    AppServerNotFound,
-    PushNotSupported,
-    RegistrarError,
-    RegistrationFailed,
-    from_xmpp_error,
-)
+from .errors import PushNotSupported, RegistrarError
+from .records import Records, closing, open_once
+from .sessions import Reenabler
 
 log = logging.getLogger(__name__)
-
-_PUBSUB = "{http://jabber.org/protocol/pubsub}"
-_COMMAND = "{http://jabber.org/protocol/commands}command"
-_DATA = "{jabber:x:data}"
-_DISCO_ITEM = "{http://jabber.org/protocol/disco#items}item"
-_REMOTE_DISABLE_XPATH = "{%s}message/" + f"{_PUBSUB}pubsub/{_PUBSUB}affiliation"
-
-# Stores opened by a registrar in this process, so that several clients (or a
-# reconnecting one) sharing a store object open it once.
-_opening: weakref.WeakKeyDictionary[Store, asyncio.Future[None]] = weakref.WeakKeyDictionary()
-
-
-def _opened_elsewhere(store: Store) -> bool:
-    """Whether another owner (push_appserver, the application) has opened ``store``."""
-    flag = getattr(store, "is_open", None)
-    if isinstance(flag, bool):
-        return flag
-    return getattr(store, "_writer", None) is not None  # TinyDBStore after open()
-
-
-async def _open_once(store: Store) -> None:
-    opening = _opening.get(store)
-    if opening is None:
-        if _opened_elsewhere(store):
-            return
-        opening = _opening[store] = asyncio.ensure_future(store.open())
-    try:
-        await asyncio.shield(opening)
-    except BaseException:
-        if opening.done() and _opening.get(store) is opening:
-            del _opening[store]  # let a later start() try again
-        raise
 
 
 class PushRegistrar(BasePlugin):
@@ -143,31 +108,26 @@ class PushRegistrar(BasePlugin):
         elif not isinstance(store, Store):
             store = TinyDBStore(store)
         self.store: Store = store
+        self.records = Records(store)
         self.enables = 0  # <enable> IQs the server accepted, in all sessions
         self.session_enables = 0  # ... in the current session
         self._started: asyncio.Future[None] | None = None
         self._support: bool | None = None
-        self._session_began = 0.0
-        self._resumed: asyncio.Future[list[ClientRegistration]] | None = None
-        self._resume_task: asyncio.Future[None] | None = None
-        self.xmpp.register_handler(CoroutineCallback(
-            "push_registrar remote disable",
-            MatchXPath(_REMOTE_DISABLE_XPATH % self.xmpp.default_ns),
-            self._on_remote_disable))
+        self._reenabler = Reenabler(self)
+        remote_disable.watch(self)
         self.xmpp.add_event_handler("session_start", self._on_session_start)
 
     def plugin_end(self) -> None:
-        self.xmpp.remove_handler("push_registrar remote disable")
+        remote_disable.unwatch(self.xmpp)
         self.xmpp.del_event_handler("session_start", self._on_session_start)
-        if self._resume_task is not None:
-            self._resume_task.cancel()
+        self._reenabler.cancel()
 
     async def start(self) -> None:
         """Open the store (once per store object in the process); called by every API."""
         failed = self._started is not None and self._started.done() and (
             self._started.cancelled() or self._started.exception() is not None)
         if self._started is None or failed:
-            self._started = asyncio.ensure_future(_open_once(self.store))
+            self._started = asyncio.ensure_future(open_once(self.store))
         await asyncio.shield(self._started)
 
     async def stop(self) -> None:
@@ -176,7 +136,7 @@ class PushRegistrar(BasePlugin):
             return
         self._started = None
         if self._owns_store:
-            _opening.pop(self.store, None)
+            closing(self.store)
             await self.store.close()
 
     @property
@@ -187,15 +147,23 @@ class PushRegistrar(BasePlugin):
     def account(self) -> str:
         return str(self.xmpp.boundjid.bare)
 
+    # -- sessions -------------------------------------------------------------------
+    def _on_session_start(self, _event: Any) -> None:
+        # Synchronous, so that resumed() sees this session's future at once.
+        self._support = None
+        self.session_enables = 0
+        self._reenabler.session_started(bool(self.config.get("reenable", True)))
+
+    async def resumed(self) -> list[ClientRegistration]:
+        """Wait until this session's re-enabling is done; what it enabled."""
+        return await self._reenabler.resumed()
+
     # -- the account's own server: XEP-0357 -----------------------------------------
     async def supported(self, refresh: bool = False) -> bool:
         """Whether the account's server advertises ``urn:xmpp:push:0`` (cached per session)."""
         if self._support is None or refresh:
-            try:
-                iq = await self.xmpp["xep_0030"].get_info(jid=self.account, timeout=self.timeout)
-            except (IqError, IqTimeout) as error:
-                raise from_xmpp_error(error, "asking the server for its features") from None
-            self._support = NS in iq["disco_info"]["features"]
+            self._support = await own_server.supports_push(self.xmpp, self.account,
+                                                           self.timeout)
         return self._support
 
     async def require_support(self) -> None:
@@ -208,93 +176,32 @@ class PushRegistrar(BasePlugin):
                      publish_options: dict[str, str] | None = None,
                      extensions: EnableExtensions | None = None) -> None:
         """Send ``<enable>`` to the account's server (publish-options form, Tigase extensions)."""
-        iq = self.xmpp.make_iq_set()
-        enable = iq["push_enable"]
-        enable["jid"] = str(jid)
-        enable["node"] = node
-        if publish_options:
-            form = enable["form"]
-            form["type"] = "submit"
-            form.add_field(var="FORM_TYPE", ftype="hidden", value=PUBLISH_OPTIONS_FORM_TYPE)
-            for var, value in publish_options.items():
-                form.add_field(var=var, value=value)
-        if extensions is not None:
-            _apply_extensions(enable, extensions)
-        await self._send(iq, f"enabling push to {jid}")
+        iq = own_server.enable_iq(self.xmpp, jid, node, publish_options, extensions)
+        await own_server.send(iq, f"enabling push to {jid}", self.timeout)
         self.enables += 1
         self.session_enables += 1
 
     async def disable(self, jid: JID | str, node: str | None = None) -> None:
         """Send ``<disable>``: one node of ``jid``, or without ``node`` all of them."""
-        iq = self.xmpp.make_iq_set()
-        iq["push_disable"]["jid"] = str(jid)
-        if node:
-            iq["push_disable"]["node"] = node
-        await self._send(iq, f"disabling push to {jid}")
-
-    async def _send(self, iq: Iq, doing: str) -> Iq:
-        try:
-            return await iq.send(timeout=self.timeout)
-        except (IqError, IqTimeout) as error:
-            raise from_xmpp_error(error, doing) from None
+        iq = own_server.disable_iq(self.xmpp, jid, node)
+        await own_server.send(iq, f"disabling push to {jid}", self.timeout)
 
     # -- app servers: discovery and ad-hoc commands -----------------------------------
     async def discover(self, provider: str | None = None) -> JID:
-        """The first item of the account's domain that is a push app server.
-
-        disco#items of the domain, then disco#info of each item: identity
-        ``pubsub/push`` and, when ``provider`` is given, that feature too.
-        """
-        domain = self.xmpp.boundjid.domain
-        disco = self.xmpp["xep_0030"]
-        try:
-            items = await disco.get_items(jid=domain, timeout=self.timeout)
-        except (IqError, IqTimeout) as error:
-            raise from_xmpp_error(error, f"listing the services of {domain}") from None
-        # In the server's order (the stanza interface returns a set): the first match wins.
-        jids = list(dict.fromkeys(item.get("jid", "") for item in items.xml.iter(_DISCO_ITEM)))
-        jids = [jid for jid in jids if jid]
-        infos = await asyncio.gather(*(disco.get_info(jid=j, timeout=self.timeout)
-                                       for j in jids), return_exceptions=True)
-        for jid, info in zip(jids, infos, strict=True):
-            if isinstance(info, BaseException):
-                continue
-            identities = {(i[0], i[1]) for i in info["disco_info"]["identities"]}
-            if ("pubsub", "push") not in identities:
-                continue
-            if provider and provider not in info["disco_info"]["features"]:
-                continue
-            return JID(jid)
-        wanted = " with provider " + provider if provider else ""
-        raise AppServerNotFound("discovering an app server", "item-not-found",
-                                f"no push app server{wanted} among the services of {domain}")
+        """The first item of the account's domain that is a push app server
+        (with ``provider`` among its features, when given)."""
+        return await find_app_server(self.xmpp, provider, self.timeout)
 
     async def execute(self, app_server: JID | str, command: str, fields: Fields,
                       doing: str | None = None) -> Values:
         """Execute ``command`` with a submitted form; the result form as ``var → values``."""
-        doing = doing or f"{command} at {app_server}"
-        form = self.xmpp["xep_0004"].make_form(ftype="submit")
-        for var, value in fields:
-            form.add_field(var=var, value=value)
-        try:
-            iq = await self.xmpp["xep_0050"].send_command(
-                str(app_server), command, payload=form, timeout=self.timeout)
-        except (IqError, IqTimeout) as error:
-            raise from_xmpp_error(error, doing) from None
-        element = iq.xml.find(_COMMAND)
-        status = element.get("status", "") if element is not None else ""
-        if status not in ("completed", ""):
-            raise RegistrationFailed(doing, "bad-answer",
-                                     f"the command is {status!r}, not completed")
-        return _result_values(element)
+        return await run_command(self.xmpp, app_server, command, fields,
+                                 doing or f"{command} at {app_server}", self.timeout)
 
     # -- registrations -----------------------------------------------------------------
     def registrations(self) -> list[ClientRegistration]:
         """This account's stored registrations (the store must be started)."""
-        account = self.account
-        return [ClientRegistration.from_doc(doc) for _, doc in
-                sorted(self.store.table(CLIENT_REGISTRATIONS).items())
-                if doc.get("account") == account]
+        return self.records.of_account(self.account)
 
     def find(self, app_server: str | None = None, dialect: str | None = None,
              provider: str | None = None) -> list[ClientRegistration]:
@@ -327,12 +234,12 @@ class PushRegistrar(BasePlugin):
         await self.start()
         await self.require_support()
         target = JID(app_server) if app_server else await self.discover(provider or None)
-        old = self._get(record_key(self.account, str(target), dialect, provider))
+        old = self.records.get(record_key(self.account, str(target), dialect, provider))
         device = spec.prepare(Device(
             token=token, provider=provider, voip_token=voip_token, push_module=push_module,
             device_id=device_id or (old.device_id if old else None)))
         registration = await self._register_at(target, spec, device, extensions)
-        await self._save(registration)
+        await self.records.save(registration)
         try:
             if enable:
                 registration = await self.enable_registration(registration)
@@ -366,8 +273,8 @@ class PushRegistrar(BasePlugin):
         await self.enable(registration.target, registration.node,
                           registration.publish_options(), registration.extensions)
         registration = registration.with_changes(enabled_at=time.time())
-        if self._stored(registration):  # never resurrect one dropped meanwhile
-            await self._save(registration)
+        if self.records.holds(registration):  # never resurrect one dropped meanwhile
+            await self.records.save(registration)
         self.xmpp.event("push_enabled", registration)
         return registration
 
@@ -395,7 +302,7 @@ class PushRegistrar(BasePlugin):
                     problems.append(error)
         if problems:
             raise problems[0]
-        await self._forget(registration)
+        await self.records.forget(registration)
         log.info("unregistered %s from %s (%s)", self.account, registration.app_server,
                  registration.dialect)
         self.xmpp.event("push_registrar_unregistered", registration)
@@ -422,12 +329,6 @@ class PushRegistrar(BasePlugin):
                 updated.append(await self._reregister(registration, *current))
         return updated
 
-    def _current(self, registration: ClientRegistration) -> tuple[str, str | None]:
-        """The tokens a registration should carry now (the configured ones, if any)."""
-        token = self.config.get("token") or registration.token
-        voip = self.config.get("voip_token") or registration.voip_token
-        return token, voip
-
     async def _reregister(self, registration: ClientRegistration, token: str,
                           voip: str | None) -> ClientRegistration:
         log.info("token of %s changed (%s → %s): registering again", registration.app_server,
@@ -452,137 +353,4 @@ class PushRegistrar(BasePlugin):
             except RegistrarError as error:
                 log.warning("could not unregister the replaced token %s: %s",
                             short_token(old.token), error)
-
-    # -- store ------------------------------------------------------------------------
-    def _get(self, key: str) -> ClientRegistration | None:
-        doc = self.store.table(CLIENT_REGISTRATIONS).get(key)
-        return ClientRegistration.from_doc(doc) if doc is not None else None
-
-    def _stored(self, registration: ClientRegistration) -> bool:
-        stored = self._get(registration.key)
-        return stored is not None and stored.node == registration.node
-
-    async def _save(self, registration: ClientRegistration) -> None:
-        await self.store.set_doc(CLIENT_REGISTRATIONS, registration.key, registration.to_doc())
-
-    async def _forget(self, registration: ClientRegistration) -> None:
-        await self.store.set_doc(CLIENT_REGISTRATIONS, registration.key, None)
-
-    # -- sessions: re-enable, remote disable ------------------------------------------------
-    async def resumed(self) -> list[ClientRegistration]:
-        """Wait until this session's re-enabling is done; what it enabled."""
-        if self._resumed is None:
-            return []
-        return await asyncio.shield(self._resumed)
-
-    def _on_session_start(self, _event: Any) -> None:
-        # Synchronous, so that resumed() sees this session's future at once.
-        self._support = None
-        self.session_enables = 0
-        self._session_began = time.time()
-        if not self.config.get("reenable", True):
-            self._resumed = None
-            return
-        loop = self.xmpp.loop
-        done = self._resumed = loop.create_future()
-        self._resume_task = asyncio.ensure_future(self._resume(done), loop=loop)
-
-    async def _resume(self, done: asyncio.Future[list[ClientRegistration]]) -> None:
-        enabled: list[ClientRegistration] = []
-        try:
-            enabled = await self._reenable_all()
-        except Exception:  # the store cannot be opened: nothing to re-enable
-            log.exception("re-enabling push failed")
-        finally:
-            done.set_result(enabled)
-        self.xmpp.event("push_reenabled", enabled)
-
-    async def _reenable_all(self) -> list[ClientRegistration]:
-        await self.start()
-        enabled = []
-        for registration in self.registrations():
-            if registration.enabled_at and registration.enabled_at >= self._session_began:
-                continue  # registered during this very session: already enabled
-            if not self._stored(registration):
-                continue  # remotely disabled or unregistered while we were busy
-            try:
-                current = self._current(registration)
-                if current != (registration.token, registration.voip_token):
-                    registration = await self._reregister(registration, *current)
-                else:
-                    registration = await self.enable_registration(registration)
-            except RegistrarError as error:
-                log.warning("re-enabling push to %s failed: %s", registration.app_server, error)
-                self.xmpp.event("push_enable_failed", (registration, error))
-            else:
-                enabled.append(registration)
-        return enabled
-
-    async def _on_remote_disable(self, message: StanzaBase) -> None:
-        """The app server dropped our node: forget it, and tell our server to stop."""
-        pubsub = message.xml.find(f"{_PUBSUB}pubsub")
-        affiliation = pubsub.find(f"{_PUBSUB}affiliation") if pubsub is not None else None
-        if pubsub is None or affiliation is None or affiliation.get("affiliation") != "none":
-            return
-        about = affiliation.get("jid")
-        if about and JID(about).bare != self.account:
-            return
-        sender = JID(message.xml.get("from", ""))
-        node = pubsub.get("node")
-        await self.start()
-        for registration in self.registrations():
-            from_app_server = sender.bare in (JID(registration.app_server).bare,
-                                              JID(registration.target).bare)
-            if registration.node != node or not from_app_server:
-                continue
-            try:
-                await self._forget(registration)
-            except StoreError:
-                # A full disk: still tell our server to stop (below). The record stays
-                # and is re-enabled next session, which the app server then refuses.
-                # Logged once by the store, not per stanza.
-                pass
-            log.info("%s disabled push for node %s", sender, loggable_node(node or ""))
-            try:
-                await self.disable(registration.target, registration.node)
-            except RegistrarError as error:
-                log.warning("disabling the remotely disabled node failed: %s", error)
-            self.xmpp.event("push_remote_disabled", registration)
-
-
-def _result_values(command: Element | None) -> Values:
-    values: Values = {}
-    form = command.find(f"{_DATA}x") if command is not None else None
-    if form is None:
-        return values
-    for item in form.iter(f"{_DATA}field"):
-        var = item.get("var")
-        if var:
-            values[var] = [v.text or "" for v in item.iter(f"{_DATA}value")]
-    return values
-
-
-def _apply_extensions(enable: Any, extensions: EnableExtensions) -> None:
-    """Add the Tigase children of ``<enable>`` that ``extensions`` asks for."""
-    if extensions.encrypt_key:
-        encrypt = enable["encrypt"]
-        encrypt["alg"] = extensions.encrypt_alg
-        encrypt["max_size"] = extensions.max_size
-        encrypt["key"] = extensions.encrypt_key
-    if extensions.priority:
-        enable.enable("push_priority")
-    if extensions.jingle:
-        enable.enable("push_jingle")
-    if extensions.groupchat:
-        enable["groupchat_filter"]["policy"] = extensions.groupchat
-    if extensions.muted:
-        muted = enable["muted_filter"]
-        for jid in extensions.muted:
-            item = MutedItem()
-            item["jid"] = jid
-            muted.append(item)
-    if extensions.ignore_unknown:
-        enable.enable("ignore_unknown_filter")
-    if extensions.away:
-        enable["away"] = "true"
 

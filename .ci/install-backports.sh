@@ -95,20 +95,8 @@ else
     quick=0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    SUDO=()
-fi
-need_root() {
-    if [ "$(id -u)" -ne 0 ] && [ ${#SUDO[@]} -eq 0 ]; then
-        die "not root and no sudo: cannot $*"
-    fi
-}
-
-# ------------------------------------------------------------ system libraries
+# shellcheck source=private-apt.sh
+. "$(dirname "$0")/private-apt.sh"
 
 unsatisfied() {  # prints the specs ("pkg" / "pkg>=ver") not satisfied by installed packages
     local spec name want have
@@ -151,34 +139,10 @@ fi
 
 # ----------------------------------------------------------- backports .debs
 
-for program in apt-get dpkg-deb; do
-    command -v "$program" >/dev/null 2>&1 || die "'$program' is missing (this needs Debian)"
-done
-[ -r "$KEYRING" ] || die "$KEYRING is missing: apt-get install debian-archive-keyring"
-
 # Write the prefix as ourselves when we may, else through sudo.
-parent=$PREFIX
-while [ ! -e "$parent" ]; do parent=$(dirname "$parent"); done
-if [ -w "$parent" ]; then AS_OWNER=(); else need_root "write $PREFIX"; AS_OWNER=("${SUDO[@]}"); fi
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/slixmpp-push-backports.XXXXXX")
-cleanup() { rm -rf "$work"; }
-trap cleanup EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs"
-echo "deb [signed-by=$KEYRING] $MIRROR $SUITE main" > "$work/sources.list"
-APT_OPTS=(
-    -o "Dir::Etc::sourcelist=$work/sources.list"
-    -o "Dir::Etc::sourceparts=-"
-    -o "Dir::State::Lists=$work/lists"
-    -o "Dir::Cache=$work/cache"
-    -o "APT::Sandbox::User=$(id -un)"  # no _apt: it could not write our folder
-    -q
-)
-say "reading $SUITE from $MIRROR (private apt lists in $work)"
-apt-get "${APT_OPTS[@]}" update >"$work/update.log" 2>&1 || {
-    cat "$work/update.log" >&2
-    die "apt-get update of $SUITE from $MIRROR failed"
-}
+choose_writer "$PREFIX"
+private_apt_open backports
+mkdir -p "$work/debs"
 
 install_tree() {  # install_tree DIR DEB...
     local dir=$1; shift

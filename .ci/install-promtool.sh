@@ -34,47 +34,11 @@ if [ -x "$TARGET/promtool" ] && [ -f "$TARGET/.installed" ] \
     exit 0
 fi
 
-for program in apt-get apt-cache dpkg-deb; do
-    command -v "$program" >/dev/null 2>&1 || die "'$program' is missing (this needs Debian)"
-done
-[ -r "$KEYRING" ] || die "$KEYRING is missing: apt-get install debian-archive-keyring"
-
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    SUDO=()
-fi
-# Write the prefix as ourselves when we may, else through sudo.
-parent=$PREFIX
-while [ ! -e "$parent" ]; do parent=$(dirname "$parent"); done
-if [ -w "$parent" ] && { [ ! -e "$TARGET" ] || [ -w "$TARGET" ]; }; then
-    AS_OWNER=()
-elif [ ${#SUDO[@]} -gt 0 ]; then
-    AS_OWNER=("${SUDO[@]}")
-else
-    die "not root and no sudo: cannot write $TARGET"
-fi
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/slixmpp-push-promtool.XXXXXX")
-cleanup() { rm -rf "$work"; }
-trap cleanup EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/deb"
-echo "deb [signed-by=$KEYRING] $MIRROR $SUITE main" > "$work/sources.list"
-APT_OPTS=(
-    -o "Dir::Etc::sourcelist=$work/sources.list"
-    -o "Dir::Etc::sourceparts=-"
-    -o "Dir::State::Lists=$work/lists"
-    -o "Dir::Cache=$work/cache"
-    -o "APT::Sandbox::User=$(id -un)"  # no _apt: it could not write our folder
-    -q
-)
-say "reading $SUITE from $MIRROR (private apt lists in $work)"
-apt-get "${APT_OPTS[@]}" update >"$work/update.log" 2>&1 || {
-    cat "$work/update.log" >&2
-    die "apt-get update of $SUITE from $MIRROR failed"
-}
+# shellcheck source=private-apt.sh
+. "$(dirname "$0")/private-apt.sh"
+choose_writer "$TARGET"
+private_apt_open promtool
+mkdir -p "$work/deb"
 version=$(apt-cache "${APT_OPTS[@]}" policy prometheus 2>/dev/null \
     | awk '$1 == "Candidate:" {print $2}')
 case "$version" in

@@ -13,7 +13,7 @@
 #                     ejabberd-24.12-*, usr/lib/erlang/lib/p1_*-*)
 #   each with a .installed stamp listing the exact package versions.
 #
-# slixmpp_push.devserver (Prosody13Server, Ejabberd2412Server) finds the
+# tests/devservers.py (Prosody13Server, Ejabberd2412Server) finds the
 # prefix the same way. Nothing is added to the system's apt sources: apt runs
 # with a private sources list, lists and cache in a temporary folder, and the
 # .debs are unpacked with dpkg -x (no maintainer scripts, no services, no
@@ -33,7 +33,7 @@ SUITE=bookworm-backports
 LAYOUT=1  # bump when the unpacked layout or the launcher patch changes
 
 # Exact versions (bookworm-backports, 2025). Change together with
-# slixmpp_push/devserver.py's version constants.
+# tests/devservers.py's version constants.
 PROSODY13_DEBS=(
     "prosody=13.0.1-1~bpo12+1"
     "prosody-modules=0.0~hg20250402.f315edc39f3d+dfsg-1~bpo12+1"
@@ -163,7 +163,7 @@ install_tree() {  # install_tree DIR DEB...
     done
     if [ ${#absent[@]} -gt 0 ]; then
         die "$SUITE at $MIRROR no longer offers: ${absent[*]}." \
-            "Update the pins in .ci/install-backports.sh (and devserver.py), or set" \
+            "Update the pins in .ci/install-backports.sh (and tests/devservers.py), or set" \
             "SLIXMPP_PUSH_BACKPORTS_MIRROR to a snapshot.debian.org URL that has them."
     fi
     rm -rf "${work:?}/debs/$dir"; mkdir -p "$work/debs/$dir"

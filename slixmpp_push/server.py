@@ -90,8 +90,12 @@ def _chat_sender(xmpp: BaseXMPP, config: Config, store: TinyDBStore) -> Any:
 
 
 async def serve(config: Config, ready: asyncio.Event | None = None,
-                providers: dict[str, Provider] | None = None) -> None:
+                providers: dict[str, Provider] | None = None,
+                handle_signals: bool = True) -> None:
     """Run until a signal (or cancellation); pending notifications stay stored.
+
+    ``handle_signals=False`` leaves SIGINT and SIGTERM to the caller, which then
+    stops the app server by cancelling it (the demo, which owns the process).
 
     A start-up failure (store, providers, a listen address) stops what had
     started and raises: a ConfigError names the key, a StoreError the file, a
@@ -126,7 +130,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
                 await _listening("ingest.listen", (config.ingest.host, config.ingest.port),
                                  receiver.start())
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stopping.set)
         connection = asyncio.ensure_future(keeper.run(stopping))

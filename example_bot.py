@@ -14,12 +14,14 @@ from slixmpp import ComponentXMPP
 
 from slixmpp_push.config import load_config
 from slixmpp_push.notifier.ingest import AlertReceiver
+from slixmpp_push.store import create_store
 
 
 async def main(config_file: str) -> None:
     config = load_config(config_file)
     bot = ComponentXMPP(config.xmpp.jid, config.xmpp.secret, config.xmpp.host, config.xmpp.port)
-    bot.register_plugin("push_appserver", {"apps": config.apps, "store": config.store})
+    store = create_store(config.store, password=config.store_password)  # a file or postgresql://
+    bot.register_plugin("push_appserver", {"apps": config.apps, "store": store})
     bot.register_plugin("push_notifier", config.notifier.plugin_config())
     bot.add_event_handler("push_registered", lambda device: bot.send_message(
         mto=device.account, mbody=f"Push is on for your device {device.node}.",

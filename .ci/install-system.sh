@@ -5,7 +5,9 @@
 #   .ci/install-system.sh demo   what `slixmpp-push demo` runs: Debian's Prosody 0.12
 #                                and prosody-modules (mod_cloud_notify)
 #   .ci/install-system.sh test   (the default) everything the tests start: the above,
-#                                ejabberd 23.01 (mod_push) from Debian; then, through
+#                                ejabberd 23.01 (mod_push) and, unless an initdb is
+#                                there already, PostgreSQL (the private cluster of
+#                                tests/postgres.py) from Debian; then, through
 #                                .ci/install-backports.sh, Prosody 13.0.1 (+
 #                                prosody-modules 0.0~hg20250402, mod_cloud_notify_extensions)
 #                                and ejabberd 24.12 from bookworm-backports, unpacked into a
@@ -29,7 +31,7 @@ case "$profile" in
         ;;
     test)
         PACKAGES=(prosody prosody-modules ejabberd)
-        SERVICES=(prosody ejabberd)
+        SERVICES=(prosody ejabberd postgresql)
         PROGRAMS=(prosody prosodyctl erl)
         ;;
     *)
@@ -57,10 +59,22 @@ has_service() {  # has_service NAME -> NAME is a service of this profile
     return 1
 }
 
+# The PostgreSQL binaries the tests look for (tests/postgres.py): pg_config's bindir, or
+# Debian's /usr/lib/postgresql/VERSION/bin.
+has_initdb() {
+    local bindir
+    bindir=$(pg_config --bindir 2>/dev/null || true)
+    [ -n "$bindir" ] && [ -x "$bindir/initdb" ] && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
 missing=()
 for package in "${PACKAGES[@]}"; do
     is_installed "$package" || missing+=("$package")
 done
+if has_service postgresql && ! has_initdb; then
+    missing+=(postgresql)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-system.sh: installing ${missing[*]}"
@@ -96,6 +110,10 @@ else
     if pgrep -u prosody -x lua5.4 >/dev/null 2>&1 || pgrep -u prosody prosody >/dev/null 2>&1; then
         "${SUDO[@]}" service prosody stop >/dev/null 2>&1 || true
     fi
+    if has_service postgresql && pgrep -u postgres -x postgres >/dev/null 2>&1; then
+        # Stops the clusters Debian's pg_ctlcluster manages only, never a test's own.
+        "${SUDO[@]}" service postgresql stop >/dev/null 2>&1 || true
+    fi
     if has_service ejabberd; then
         # Only when it runs: ejabberd's init script calls ejabberdctl, which
         # would start epmd even to say that nothing is running.
@@ -122,6 +140,13 @@ done
 ready="prosody $(dpkg-query -W -f='${Version}' prosody)"
 if has_service ejabberd; then
     ready="$ready, ejabberd $(dpkg-query -W -f='${Version}' ejabberd)"
+fi
+if has_service postgresql; then
+    if ! has_initdb; then
+        echo "install-system.sh: PostgreSQL's initdb is still missing after the install" >&2
+        exit 1
+    fi
+    ready="$ready, PostgreSQL (initdb found)"
 fi
 echo "install-system.sh ($profile): $ready ready"
 

@@ -5,6 +5,8 @@
     slixmpp-push doctor --config FILE       check a deployment: XMPP, Apple/Google, store, clock
     slixmpp-push devices list --config FILE
     slixmpp-push devices remove NODE --config FILE
+    slixmpp-push store upgrade --config FILE   apply a PostgreSQL store's schema migrations
+    slixmpp-push store migrate --from SRC --to DST   copy a store (TinyDB file, postgresql:// URL)
     slixmpp-push demo                       a self-contained demo on a private Prosody
     slixmpp-push --version
 
@@ -46,7 +48,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     args.config = args.config or args.file
     config = _load(args.config)
     notes = check_startup(config)
-    asyncio.run(_check_store_readable(config.store))
+    asyncio.run(_check_store_readable(config))
     print(f"{args.config}: OK — {config.xmpp.mode} {config.xmpp.jid}, "
           f"apps: {', '.join(f'{a.id} ({a.type})' for a in config.apps)}, store {config.store}")
     for note in notes:
@@ -54,12 +56,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check_store_readable(path: str) -> None:
-    """Load an existing store read-only, as ``serve`` will (a StoreError names the
-    file); no lock is taken, so this works beside the running service."""
-    from .store import TinyDBStore
+async def _check_store_readable(config: Config) -> None:
+    """Load an existing store file read-only, as ``serve`` will (a StoreError names the
+    file); no lock is taken, so this works beside the running service. A database is
+    not connected to (``doctor`` does that): its driver must be installed."""
+    from .store import TinyDBStore, create_store
 
-    store = TinyDBStore(path, read_only=True)
+    store = create_store(config.store, password=config.store_password, read_only=True)
+    if not isinstance(store, TinyDBStore):
+        return
     if not store.path.exists() and not store.journal_path.exists():
         return  # serve creates it
     await store.open()
@@ -76,13 +81,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .config import load_store_path
-    from .store import TinyDBStore
+    from .config import load_store_settings
+    from .store import create_store
 
-    store_path = load_store_path(args.config)
+    location, password = load_store_settings(args.config)
 
     async def run() -> int:
-        store = TinyDBStore(store_path, read_only=args.action == "list")
+        store = create_store(location, password=password, read_only=args.action == "list")
         await store.open()
         try:
             if args.action == "list":
@@ -185,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .notice_cli import add_commands as add_notice_commands
 
     add_notice_commands(commands)
+    from .store_cli import add_commands as add_store_commands
+
+    add_store_commands(commands)
     from .registrar.cli import add_commands
 
     add_commands(commands)

@@ -17,6 +17,7 @@ from typing import Any
 from .config_reader import Section, parse_listen, quote_key, table
 from .errors import ConfigError
 from .notifier.config import NotifierSettings, ReceiverConfig, read_ingest, read_notifier
+from .store.urls import database_url_problem, is_database_url
 
 
 @dataclass(slots=True)
@@ -115,7 +116,7 @@ class XmppConfig:
 class Config:
     xmpp: XmppConfig
     apps: list[AppConfig]
-    store: str
+    store: str  # a TinyDB file (absolute path) or a postgresql:// URL
     allowed_domains: list[str] | None
     remote_disable: bool
     delivery: DeliveryPolicy
@@ -123,10 +124,14 @@ class Config:
     log_format: str = "text"  # "text" or "json"
     metrics_listen: tuple[str, int] | None = None  # host, port of /metrics and /health
     store_journal_limit: int | None = None  # bytes; None: the store's default (64 MiB)
+    # A postgresql:// store's, from a file or the environment (never in a repr or a log).
+    store_password: str | None = field(default=None, repr=False)
     limits: RegistrationLimits = field(default_factory=RegistrationLimits)
     admins: list[str] = field(default_factory=list)  # bare JIDs that may send notices
     # bare JIDs (paging bots on client accounts) that may publish to any node with its secret
     trusted_publishers: list[str] = field(default_factory=list)
+    # seconds a trusted publisher's page suppresses the server's publish for its chat message
+    echo_window: float = 15.0
     notifier: NotifierSettings | None = None  # [notifier]: paging
     ingest: ReceiverConfig | None = None  # [ingest]: the alert receiver
     source: Path | None = None
@@ -248,14 +253,16 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     top.finish()
     xmpp = _read_xmpp(data, base)
     server = Section(table(data, "appserver", ""), "appserver", base)
-    store = server.get("store", str, "slixmpp-push.json")
-    store = store if Path(store).is_absolute() else str(base / store)
+    store, store_password = _read_store(server)
     allowed = server.get("allowed_domains", list)
     if allowed is not None and not all(isinstance(d, str) and d for d in allowed):
         raise ConfigError("appserver.allowed_domains", "must be a list of domain names")
     remote_disable = server.get("remote_disable", bool, True)
     journal_mb = None  # the store's default bound
     if "store_journal_max_mb" in server.data:
+        if is_database_url(store):
+            raise ConfigError(server.key("store_journal_max_mb"),
+                              "is only used with a TinyDB store (a file), not a database")
         journal_mb = server.positive("store_journal_max_mb", 0.0, allow_zero=False)
     limit_defaults = RegistrationLimits()
     limits = RegistrationLimits(
@@ -267,6 +274,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     )
     admins = _bare_jids(server, "admins")
     trusted_publishers = _bare_jids(server, "trusted_publishers")
+    echo_window = server.positive("echo_window", 15.0)
     server.finish()
 
     section = Section(table(data, "delivery", ""), "delivery", base)
@@ -318,8 +326,9 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
                   remote_disable=remote_disable, delivery=policy, log_level=level,
                   log_format=log_format, metrics_listen=metrics_listen,
                   store_journal_limit=int(journal_mb * 1024 * 1024) if journal_mb else None,
+                  store_password=store_password,
                   notifier=notifier, ingest=ingest, admins=admins, limits=limits,
-                  trusted_publishers=trusted_publishers)
+                  trusted_publishers=trusted_publishers, echo_window=echo_window)
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -424,12 +433,30 @@ def listen_error(key: str, host: str, port: int, exc: OSError) -> ConfigError:
     return ConfigError(key, problem)
 
 
-def load_store_path(path: str | os.PathLike[str]) -> str:
-    """Only ``[appserver] store`` of a config file: for ``devices``, which must
-    work where the component secret or provider keys are not readable."""
+def _read_store(server: Section) -> tuple[str, str | None]:
+    """``[appserver] store`` (a path, made absolute, or a postgresql:// URL) and the
+    database's password, if one is configured."""
+    store = server.get("store", str, "slixmpp-push.json")
+    if not is_database_url(store):
+        for name in ("store_password", "store_password_file", "store_password_env"):
+            if name in server.data:
+                raise ConfigError(server.key(name), "is only used with a postgresql:// store")
+        return (store if Path(store).is_absolute() else str(server.base / store)), None
+    problem = database_url_problem(store)
+    if problem is not None:
+        if "password" in problem:
+            problem = (f"holds a password: inline secrets are not accepted: use "
+                       f"{server.key('store_password_file')} or "
+                       f"{server.key('store_password_env')}")
+        raise ConfigError(server.key("store"), problem)
+    return store, server.secret("store_password", required=False)
+
+
+def load_store_settings(path: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """Only the store of a config file (``[appserver] store`` and the database's
+    password): for ``devices``, which must work where the component secret or the
+    provider keys are not readable."""
     file = Path(path)
     data = _read_toml(file)
-    base = file.resolve().parent
-    server = Section(table(data, "appserver", ""), "appserver", base)
-    store = server.get("store", str, "slixmpp-push.json")
-    return store if Path(store).is_absolute() else str(base / store)
+    server = Section(table(data, "appserver", ""), "appserver", file.resolve().parent)
+    return _read_store(server)

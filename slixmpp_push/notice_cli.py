@@ -3,14 +3,15 @@
     slixmpp-push notify --config FILE (--account JID ... | --domain D | --everyone)
                         --title TEXT [--body TEXT] [--priority high] [--yes]
 
-Works with the server stopped (the store is locked while it runs; then use the
-ad-hoc command ``send-notification``): it opens the store, builds the
+Works with the server stopped (a store file is locked while it runs; then use
+the ad-hoc command ``send-notification``): it opens the store, builds the
 providers of the apps it needs and sends through the same delivery engine as
 the server. What cannot be delivered now stays pending in the store, and the
-server delivers it when it starts. Dead tokens are removed (the accounts'
-servers learn it at their next publish). Progress goes to stderr, the
-summary line to stdout. Exit status: 0 when nothing failed, 1 otherwise, 2 on
-a usage or configuration error.
+server delivers it when it starts (a PostgreSQL store may be open in a running
+server too, but that server leaves these pending ones to its next start). Dead
+tokens are removed (the accounts' servers learn it at their next publish).
+Progress goes to stderr, the summary line to stdout. Exit status: 0 when
+nothing failed, 1 otherwise, 2 on a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .config import Config, DeliveryPolicy, load_config
 from .errors import DeliveryResult, StoreError
 from .models import Notification, Priority, Registration
 from .providers import Provider, create_provider
-from .store import Store, TinyDBStore
+from .store import Store, create_store
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -79,7 +80,7 @@ def _usage(problem: str) -> int:
 
 
 async def _notify(config: Config, args: argparse.Namespace, accounts: list[str]) -> int:
-    store = TinyDBStore(config.store)
+    store = create_store(config.store, password=config.store_password)
     try:
         await store.open()
     except StoreError as exc:
@@ -121,6 +122,12 @@ async def _send(config: Config, store: Store, targets: list[Registration],
                 args: argparse.Namespace) -> NoticeSummary:
     needed = {registration.app for registration in targets}
     apps = [app for app in config.apps if app.id in needed]
+    gone = sorted(needed - {app.id for app in apps})
+    if gone:
+        # The delivery engine counts these as failed; say why before the summary does.
+        skipped = sum(1 for registration in targets if registration.app in gone)
+        print(f"{skipped} device(s) of app(s) no longer in the config ({', '.join(gone)}): "
+              "not sent, counted as failed", file=sys.stderr)
     providers: dict[str, Provider] = {}
     try:
         for app in apps:

@@ -18,6 +18,8 @@ from pathlib import Path
 from .config import Config, check_credentials, listen_error
 from .errors import ConfigError, MissingDependency
 from .providers import create_provider
+from .store.location import require_driver
+from .store.urls import is_database_url
 
 
 def check_startup(config: Config) -> list[str]:
@@ -36,7 +38,10 @@ def check_startup(config: Config) -> list[str]:
     if (config.notifier is not None and config.notifier.omemo is not None
             and find_spec("slixmpp_omemo") is None):
         raise MissingDependency("slixmpp-omemo", "omemo", "[notifier.omemo]")
-    _check_store_folder(config.store)
+    if is_database_url(config.store):
+        require_driver()  # names the postgresql extra; the URL was checked by the config
+    else:
+        _check_store_folder(config.store)
     notes = []
     listens = [("metrics.listen", config.metrics_listen)]
     if config.ingest is not None:
@@ -89,7 +94,8 @@ def _serves_our_health(host: str, port: int) -> bool:
 
 
 def _check_store_folder(store: str) -> None:
-    """The store's folder exists or can be created, and this user may write there."""
+    """The store's folder exists or can be created, this user may write there, and may
+    read and write each of the store's files that exists."""
     path = Path(store)
     existing = path.parent
     while not existing.exists() and existing != existing.parent:
@@ -99,6 +105,9 @@ def _check_store_folder(store: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError("appserver.store", f"the folder {str(existing)!r} is not writable "
                           "by this user (run as the service's user)")
-    if path.exists() and (not path.is_file() or not os.access(path, os.R_OK | os.W_OK)):
-        raise ConfigError("appserver.store", f"{store!r} is not a file this user can read "
-                          "and write")
+    # serve reads and writes all three: the snapshot, the journal it appends to and the
+    # lock it takes (a command run with sudo may have left any of them to root).
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in (".journal", ".lock"))):
+        if file.exists() and (not file.is_file() or not os.access(file, os.R_OK | os.W_OK)):
+            raise ConfigError("appserver.store", f"{str(file)!r} is not a file this user can "
+                              "read and write")

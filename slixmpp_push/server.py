@@ -24,7 +24,7 @@ from .connection import StreamKeeper
 from .metrics import Metrics
 from .providers import Provider
 from .status_http import StatusServer
-from .store import TinyDBStore
+from .store import Store, create_store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         xmpp = ClientXMPP(config.xmpp.jid, config.xmpp.secret)
     for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199"):
         xmpp.register_plugin(plugin)
-    store = TinyDBStore(config.store, journal_limit=config.store_journal_limit)
+    store = create_store(config.store, password=config.store_password,
+                         journal_limit=config.store_journal_limit)
     xmpp.register_plugin("push_appserver", {
         "apps": config.apps,
         "store": store,
@@ -54,6 +55,7 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         "remote_disable": config.remote_disable,
         "admins": config.admins,
         "trusted_publishers": tuple(config.trusted_publishers),
+        "echo_window": config.echo_window,
         "limits": config.limits,
         "providers": providers,
         "metrics": metrics,
@@ -69,7 +71,7 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
     return xmpp
 
 
-def _chat_sender(xmpp: BaseXMPP, config: Config, store: TinyDBStore) -> Any:
+def _chat_sender(xmpp: BaseXMPP, config: Config, store: Store) -> Any:
     """Plain chat, OMEMO-encrypted, and/or copied to a group chat, as configured."""
     settings = config.notifier
     assert settings is not None

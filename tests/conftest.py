@@ -1,4 +1,5 @@
-"""Shared fixtures: real XMPP servers (tests/servers.py) and fake providers."""
+"""Shared fixtures: real XMPP servers (tests/servers.py), a private PostgreSQL
+(tests/postgres.py) and fake providers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest_asyncio
 from fakes.fake_apns import FakeApns
 from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
+from postgres import postgres_server, postgres_url  # noqa: F401
 from servers import (  # noqa: F401
     ejabberd2412_server,
     ejabberd_server,

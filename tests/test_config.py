@@ -395,12 +395,16 @@ def test_account_lists_take_bare_jids(folder: Path, key: str) -> None:
                                          f"{wrong!r} is not a bare JID (user@domain)")
 
 
-def test_trusted_publishers_reach_the_app_server(folder: Path) -> None:
+def test_trusted_publishers_and_their_echo_window_reach_the_app_server(folder: Path) -> None:
     from slixmpp_push.server import build_xmpp
 
-    config = parse_config(doc(appserver={"trusted_publishers": ["pager@example.org"]}), folder)
-    xmpp = build_xmpp(config)
-    assert xmpp.plugin["push_appserver"].config["trusted_publishers"] == ("pager@example.org",)
+    config = parse_config(doc(appserver={"trusted_publishers": ["pager@example.org"],
+                                         "echo_window": 5}), folder)
+    plugin_config = build_xmpp(config).plugin["push_appserver"].config
+    assert plugin_config["trusted_publishers"] == ("pager@example.org",)
+    assert plugin_config["echo_window"] == 5.0
+    assert parse_config(doc(), folder).echo_window == 15.0
+    assert error(doc(appserver={"echo_window": -1}), folder).key == "appserver.echo_window"
 
 
 def test_bad_logging_level(folder: Path) -> None:
@@ -675,3 +679,65 @@ def test_notifier_ingest_omemo_and_muc_sections(tmp_path: Path) -> None:
         parse_config({**base, "ingest": {"token_file": "hook"}}, tmp_path)
     with pytest.raises(ConfigError, match=r"ingest\.token_file"):  # not loopback: token needed
         parse_config({**base, "notifier": {}, "ingest": {"listen": "0.0.0.0:9095"}}, tmp_path)
+
+
+# -- a PostgreSQL store ---------------------------------------------------------------------
+DATABASE = "postgresql://push@db.example.org:5432/push"
+
+
+def test_database_store_url_and_its_password_from_a_file_or_the_environment(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(doc(appserver={"store": DATABASE}), folder)
+    assert (config.store, config.store_password) == (DATABASE, None)  # peer/trust: none
+    local = "postgres:///push?host=/run/postgresql"  # a socket folder, no host name
+    assert parse_config(doc(appserver={"store": local}), folder).store == local
+    (folder / "db.password").write_text("from-file\n")
+    config = parse_config(doc(appserver={"store": DATABASE,
+                                         "store_password_file": "db.password"}), folder)
+    assert config.store_password == "from-file"
+    assert "from-file" not in repr(config)
+    monkeypatch.setenv("PUSH_DB_PASSWORD", "from-env")
+    config = parse_config(doc(appserver={"store": DATABASE,
+                                         "store_password_env": "PUSH_DB_PASSWORD"}), folder)
+    assert config.store_password == "from-env"
+
+
+@pytest.mark.parametrize(("appserver", "key", "problem"), [
+    ({"store": "postgresql://push:hunter2@db/push"}, "appserver.store",
+     "holds a password: inline secrets are not accepted: use appserver.store_password_file "
+     "or appserver.store_password_env"),
+    ({"store": "postgresql://db/push?password=hunter2"}, "appserver.store",
+     "holds a password: inline secrets are not accepted: use appserver.store_password_file "
+     "or appserver.store_password_env"),
+    ({"store": "postgresql://push@db.example.org:5432/"}, "appserver.store",
+     "names no database: postgresql://USER@HOST:PORT/DATABASE"),
+    ({"store": "postgresql://push@db.example.org:port/push"}, "appserver.store",
+     "is not a valid URL ("),  # then Python's words
+    ({"store": DATABASE, "store_password": "hunter2"}, "appserver.store_password",
+     "inline secrets are not accepted: use appserver.store_password_file or "
+     "appserver.store_password_env"),
+    ({"store": DATABASE, "store_password_file": "nowhere"}, "appserver.store_password_file",
+     "file '{folder}/nowhere' does not exist"),
+    ({"store": DATABASE, "store_password_env": "PUSH_UNSET_VARIABLE"},
+     "appserver.store_password_env", "environment variable 'PUSH_UNSET_VARIABLE' is not set"),
+    ({"store": "store.json", "store_password_env": "X"}, "appserver.store_password_env",
+     "is only used with a postgresql:// store"),
+    ({"store": DATABASE, "store_journal_max_mb": 10}, "appserver.store_journal_max_mb",
+     "is only used with a TinyDB store (a file), not a database"),
+])
+def test_database_store_errors_name_the_key(folder: Path, appserver: dict[str, Any], key: str,
+                                            problem: str) -> None:
+    exc = error(doc(appserver=appserver), folder)
+    assert exc.key == key
+    assert exc.problem.startswith(problem.format(folder=folder)), exc.problem
+    assert "hunter2" not in str(exc)
+
+
+def test_check_config_of_a_database_store_does_not_connect(
+        folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Port 1 on loopback: nothing listens there, and check-config must not try.
+    config = write(folder, MINIMAL + '[appserver]\nstore = "postgresql://push@127.0.0.1:1/push"\n')
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"{config}: OK — component push.example.org, apps: console (console), "
+        "store postgresql://push@127.0.0.1:1/push")

@@ -180,7 +180,7 @@ def _materialise(value: Any, key: str, folder: Path, env: dict[str, str]) -> Any
         return str(path)
     if isinstance(value, str) and key.endswith("_env"):
         env[value] = "docs-test"
-    if isinstance(value, str) and key == "store":
+    if isinstance(value, str) and key == "store" and "://" not in value:
         return str(folder / "store" / Path(value).name)
     return value
 

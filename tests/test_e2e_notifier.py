@@ -15,7 +15,7 @@ from notifier_support import Person, person, pushes_for, running_bot, two_step_p
 from servers import Connections, disconnect, make_account
 from test_ingest import alertmanager, post
 
-from slixmpp_push import MemoryStore
+from slixmpp_push import MemoryStore, Policy, Step, Submitted
 from slixmpp_push.appserver import PublishOutcome
 from slixmpp_push.devserver import DevServer, ProsodyServer
 from slixmpp_push.notifier import PageState, RemoteTarget
@@ -158,11 +158,56 @@ async def test_bot_publishes_to_a_remote_app_server(
                                        "Backup failed", "nightly", priority="high")
         assert report.remote == {"alice-phone": "ok", "wrong-secret": "not-authorized"}
         (push,) = await pushes_for(fake_apns, "e7" * 32, 1)
-        # Tigase priority high: a message to show now, a visible mutable alert (the
-        # receiving app server cannot tell a page from a chat message flagged high).
+        # The app server trusts the bot: its page form makes the push the notice itself
+        # (its title, high priority: time-sensitive), not a "New message".
         assert push.headers["apns-push-type"] == "alert"
         assert push.headers["apns-priority"] == "10"
         assert push.body["aps"]["mutable-content"] == 1
+        assert push.body["aps"]["alert"] == {"title": "Backup failed"}
+        assert push.body["aps"]["interruption-level"] == "time-sensitive"
+        await notifier.stop()
+
+
+async def test_a_remote_pagers_page_is_one_critical_notification_per_page(
+        xmpp_server: DevServer, xmpp: Connections, fake_apns: FakeApns, test_ca: TestCA,
+        apns_key: Path, tmp_path: Path) -> None:
+    """A pager on a client account pages alice by chat and her phone through a
+    ``remote:`` target on an app server that trusts it. Her phone also has push enabled
+    at her server, and she is offline: the page's chat message makes her server publish
+    as well. The phone gets the page once, as the page: critical, its collapse id."""
+    bot_account = await make_account(xmpp_server, "pagerbot")
+    alice_account = await make_account(xmpp_server, "alice")
+    token = "e8" * 32
+    app = apns_app(fake_apns.endpoint, test_ca, apns_key)
+    async with running_appserver(xmpp, xmpp_server, [app], tmp_path / "s.json",
+                                 trusted=[bot_account.jid]) as server:
+        phone = await xmpp.client(xmpp_server, alice_account, resource="phone")
+        answer = await execute(phone, server.jid, "v1-register-push",
+                               {"type": "apns", "node": "dev", "token": token})
+        node, secret = answer["node"][0], answer["secret"][0]
+        await enable(phone, server.jid, node, {"secret": secret})
+        await disconnect(phone)
+        bot = await xmpp.client(xmpp_server, bot_account, resource="bot")
+        bot.register_plugin("push_notifier", {
+            "policies": {"oncall": Policy(name="oncall", steps=(
+                Step((alice_account.jid, "remote:alice-phone"), 600),))},
+            "remotes": {"alice-phone": RemoteTarget(server.jid, node, secret)},
+            "store": MemoryStore()})
+        notifier = bot.plugin["push_notifier"]
+        page, _ = await notifier.page("db3-disk", "Disk full on db3", "99% used",
+                                      priority="critical")
+        # The bot's publish, then her server's for the chat message: answered, not pushed.
+        mine, servers = await server.wait_published(2)
+        assert (mine.publisher, mine.submitted) == (f"{bot_account.jid}/bot",
+                                                   Submitted.DELIVERED)
+        assert (servers.publisher, servers.answer, servers.submitted) == \
+            (xmpp_server.domain, "result", None)
+        (push,) = await pushes_for(fake_apns, token, 1)
+        assert push.body["aps"]["interruption-level"] == "critical"
+        assert push.body["aps"]["alert"] == {"title": f"[{page.id}] Disk full on db3"}
+        assert push.headers["apns-collapse-id"] == \
+            hashlib.sha256(f"key\0page:{page.id}".encode()).hexdigest()[:32]
+        assert len([r for r in fake_apns.requests if r.token == token]) == 1
         await notifier.stop()
 
 

@@ -4,13 +4,17 @@ errbot (``.venv/bin/errbot -c config.py`` in a temporary folder) logs in to a
 real Prosody over plain TCP; people talk to it from their own XMPP clients. The
 pager pages phones registered with our app server (a component of that Prosody,
 delivering to the fake APNs) as an XEP-0357 publisher: ``remote:`` targets.
-The pager's configuration comes from ``SLIXMPP_PUSH_PAGER`` in config.py.
+The pager's configuration comes from ``SLIXMPP_PUSH_PAGER`` in config.py. The
+app server trusts the bot as a publisher, so a page's push is the page (its title,
+priority and collapse id), once per page even when the phone's own server pushes too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import pprint
 import signal
 import subprocess
@@ -20,14 +24,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from e2e import apns_app, execute, running_appserver
+from e2e import apns_app, enable, execute, running_appserver
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from notifier_support import pushes_for
-from servers import Account, Connections, make_account
+from servers import Account, Connections, disconnect, make_account
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 
+from slixmpp_push import Submitted
 from slixmpp_push.devserver import ProsodyServer
 
 ERRBOT = Path(sys.executable).with_name("errbot")  # the venv's, next to its python
@@ -132,21 +137,31 @@ async def person(xmpp: Connections, server: ProsodyServer, account: Account) -> 
 
 
 async def phone_registration(xmpp: Connections, server: ProsodyServer, appserver_jid: str,
-                             account: Account, token: str, folder: Path) -> dict[str, str]:
+                             account: Account, token: str, folder: Path,
+                             push_enabled: bool = False) -> dict[str, str]:
     """A phone registered with the app server (mod_push_appserver's v1 command): the pager's
-    ``remotes`` entry for it, its secret in a file only the owner reads."""
+    ``remotes`` entry for it, its secret in a file only the owner reads. With
+    ``push_enabled``, the phone also enables push at its own server, then goes offline."""
     phone = await xmpp.client(server, account, resource="phone")
     answer = await execute(phone, appserver_jid, "v1-register-push",
                            {"type": "apns", "node": "phone", "token": token})
     secret = folder / f"{token[:8]}.secret"
     secret.write_text(answer["secret"][0])
     secret.chmod(0o600)
+    if push_enabled:
+        await enable(phone, appserver_jid, answer["node"][0], {"secret": answer["secret"][0]})
+        await disconnect(phone)
     return {"jid": appserver_jid, "node": answer["node"][0], "secret_file": str(secret)}
 
 
-def texts(pushes: list[Any]) -> list[str]:
-    """What each push shows (the app's ``include_body``): "[PAGE-ID] title — body"."""
-    return [push.body["body"] for push in pushes]
+def titles(pushes: list[Any]) -> list[str]:
+    """What each push shows: the page's "[PAGE-ID] title"."""
+    return [push.body["aps"]["alert"]["title"] for push in pushes]
+
+
+def page_collapse_id(page_id: str) -> str:
+    """The ``apns-collapse-id`` of every push of one page (payloads.py: its key, hashed)."""
+    return hashlib.sha256(f"key\0page:{page_id}".encode()).hexdigest()[:32]
 
 
 async def test_page_pushes_and_ack_stops_the_escalation(
@@ -183,9 +198,16 @@ async def test_page_pushes_and_ack_stops_the_escalation(
             assert reply == (f"Opened page {page_id} [critical] Disk full on db1: paging "
                              f"{alice_account.jid}, remote:alice-phone (policy oncall).")
             (push,) = await pushes_for(fake_apns, alice_token, 1)
-            assert push.body["body"] == f"[{page_id}] Disk full on db1 — /var at 99%"
+            # The page as the pager inside the app server would push it; the body too,
+            # as this app's operator opted in (include_body).
+            assert push.body["aps"]["alert"] == {"title": f"[{page_id}] Disk full on db1",
+                                                 "body": "/var at 99%"}
+            assert push.body["aps"]["interruption-level"] == "critical"
+            assert (push.body["title"], push.body["body"]) == (
+                f"[{page_id}] Disk full on db1", "/var at 99%")
             assert push.body["sender"] == bot_account.jid
             assert push.headers["apns-priority"] == "10"  # urgent: shown at once
+            assert push.headers["apns-collapse-id"] == page_collapse_id(page_id)
             assert (await alice.next_message()).startswith(
                 f"PAGE {page_id} [CRITICAL] Disk full on db1\n/var at 99%")
 
@@ -202,13 +224,61 @@ async def test_page_pushes_and_ack_stops_the_escalation(
             await pushes_for(fake_apns, bob_token, 1, timeout=WAIT + 10)
             await asyncio.sleep(0.3)  # a late second push would show up here
             bob_pushes = [r for r in fake_apns.requests if r.token == bob_token]
-            assert texts(bob_pushes) == [f"[{witness_id}] API down"]
+            assert titles(bob_pushes) == [f"[{witness_id}] API down"]
+            assert bob_pushes[0].body["aps"]["interruption-level"] == "time-sensitive"
             assert len([r for r in fake_apns.requests if r.token == alice_token]) == 2
 
             assert await alice.say(bot, f"!resolve {page_id}") == \
                 f"Resolved {page_id}: Disk full on db1"
             assert await ops.say(bot, f"!resolve {witness_id}") == \
                 f"You were not paged for {witness_id}."  # ops was not paged
+
+
+async def test_each_page_is_one_notification_on_a_phone_its_server_pushes_to_as_well(
+        prosody_server: ProsodyServer, xmpp: Connections, fake_apns: FakeApns,
+        test_ca: TestCA, apns_key: Path, tmp_path: Path) -> None:
+    """alice's phone is paged by the bot (``remote:``) and has push enabled at her own
+    server, and she is offline: the page's chat message makes her server publish too.
+    The phone shows the page once: its own push, critical, with the page's title and
+    collapse id; the server's publish for the chat message is answered, not pushed."""
+    bot_account = await make_account(prosody_server, "errbot")
+    ops_account = await make_account(prosody_server, "ops")
+    alice_account = await make_account(prosody_server, "alice")
+    token = "c3" * 32
+    app = apns_app(fake_apns.endpoint, test_ca, apns_key)  # include_body off: no body
+    async with running_appserver(xmpp, prosody_server, [app], tmp_path / "appserver.json",
+                                 trusted=[bot_account.jid]) as appserver:
+        phone = await phone_registration(xmpp, prosody_server, appserver.jid, alice_account,
+                                         token, tmp_path, push_enabled=True)
+        pager = {"policies": {"oncall": {"steps": [
+                     {"targets": [alice_account.jid, "remote:alice-phone"], "wait": 600}]}},
+                 "remotes": {"alice-phone": phone}}
+        ops = await person(xmpp, prosody_server, ops_account)
+        async with running_errbot(tmp_path / "errbot", prosody_server, bot_account,
+                                  [ops_account.jid], pager) as bot:
+            await bot.online(ops.client)
+            pages = []
+            for command in ("!page Disk full on db1 --critical -- /var at 99%",
+                            "!page API down"):
+                seen = len(appserver.published)
+                pages.append((await ops.say(bot, command)).split()[2])
+                # Two publishes per page: the bot's, then alice's server's for the chat
+                # message (stored offline), answered result but not pushed.
+                page_publish, servers = (await appserver.wait_published(seen + 2))[seen:]
+                assert (page_publish.publisher, page_publish.answer, page_publish.submitted) \
+                    == (bot.jid, "result", Submitted.DELIVERED)
+                assert (servers.publisher, servers.answer, servers.submitted) == \
+                    (prosody_server.domain, "result", None)
+            pushes = await pushes_for(fake_apns, token, 2)
+            assert len(pushes) == 2  # one per page
+            assert titles(pushes) == [f"[{pages[0]}] Disk full on db1", f"[{pages[1]}] API down"]
+            assert [push.body["aps"]["interruption-level"] for push in pushes] == \
+                ["critical", "time-sensitive"]
+            assert [push.headers["apns-collapse-id"] for push in pushes] == \
+                [page_collapse_id(page_id) for page_id in pages]
+            assert "/var at 99%" not in json.dumps(pushes[0].body)
+            exposition = appserver.plugin.metrics.exposition().decode()
+            assert f'slixmpp_push_echoes_suppressed_total{{app="{app.id}"}} 2.0' in exposition
 
 
 async def test_reconnects_after_the_server_drops_it(

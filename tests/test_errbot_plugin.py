@@ -25,7 +25,7 @@ from slixmpp import ClientXMPP
 if TYPE_CHECKING:
     from errbot.backends.test import TestBot
 
-import errbot  # noqa: F401  (in the test extra: fail, never skip, without it)
+from errbot import ValidationException  # in the test extra: fail, never skip, without it
 
 # errbot ships the fixture without a pytest entry point.
 pytest_plugins = ["errbot.backends.test"]
@@ -150,6 +150,28 @@ def test_bad_configuration_is_refused(testbot: TestBot) -> None:
     assert "notifier.policies.oncall.steps[0].targets: must be a non-empty list" in reply
     reply = configure(testbot, {**CONFIG, "default_policy": "nights"})
     assert "notifier.default_policy: names no policy ('nights')" in reply
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("omemo", {"btbv": True}, "its chat messages go over errbot's connection, unencrypted"),
+    ("muc", {"room": "oncall@conference.localhost"}, "pages go to people, never to a room"),
+])
+def test_keys_errbot_has_no_use_for_are_refused(testbot: TestBot,
+                                                monkeypatch: pytest.MonkeyPatch, key: str,
+                                                value: dict[str, Any], why: str) -> None:
+    """slixmpp-push's [notifier] reader takes them; the pager under errbot would ignore
+    them, so it refuses them, from chat and from config.py alike."""
+    reply = configure(testbot, {**CONFIG, key: value})
+    assert reply.startswith(f"Incorrect plugin configuration: notifier.{key}: is not used by "
+                            f"the errbot pager: {why}"), reply
+
+    monkeypatch.setattr(testbot.bot.bot_config, "SLIXMPP_PUSH_PAGER", {**CONFIG, key: value},
+                        raising=False)
+    with pytest.raises(ValidationException) as refused:
+        pager_plugin(testbot).configure(None)
+    assert str(refused.value).startswith(f"SLIXMPP_PUSH_PAGER in errbot's config.py: "
+                                         f"notifier.{key}: is not used by the errbot pager: "
+                                         f"{why}")
 
 
 def test_deactivation_unregisters_push_notifier(pager: TestBot) -> None:

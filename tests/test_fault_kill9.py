@@ -147,16 +147,15 @@ ca_file = "{ca.ca_file}"
 COMPACT_AFTER = 150
 SERVE = f"""
 import sys
-from slixmpp_push import server
 from slixmpp_push.cli import main
-from slixmpp_push.store import TinyDBStore
+from slixmpp_push.store import TinyDBStore, location
 
 class SmallJournalStore(TinyDBStore):
     def __init__(self, path, **options):
         options.setdefault("compact_after", {COMPACT_AFTER})
         super().__init__(path, **options)
 
-server.TinyDBStore = SmallJournalStore
+location.TinyDBStore = SmallJournalStore
 sys.exit(main(sys.argv[1:]))
 """
 

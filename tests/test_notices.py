@@ -397,6 +397,24 @@ def test_cli_dead_tokens_are_removed_and_failures_exit_1(
     assert len(stored_nodes(config_file)) == 3
 
 
+def test_cli_names_devices_of_an_app_no_longer_configured(
+        config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def add_orphan() -> None:
+        store = TinyDBStore(config_file.parent / "store.json")
+        await store.open()
+        await store.put(registration("alice@localhost", "a9", app="gone:app"))
+        await store.close()
+
+    asyncio.run(add_orphan())
+    code = main(["notify", "-c", str(config_file), "--account", "alice@localhost",
+                 "--title", "Maintenance"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert ("1 device(s) of app(s) no longer in the config (gone:app): not sent, counted as "
+            "failed") in err
+    assert out.splitlines()[-1] == "delivered 2, queued 0, failed 1, dead tokens removed 0"
+
+
 def test_cli_transient_trouble_stays_pending_for_the_server(
         config_file: Path, scripted: ScriptedProvider,
         capsys: pytest.CaptureFixture[str]) -> None:

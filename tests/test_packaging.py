@@ -189,8 +189,11 @@ def test_a_base_install_runs_and_names_the_extras_it_lacks(
                        '[apps."tigase:messenger:apns:1"]\ntype = "console"\n')
     ok(run(cli, "check-config", "--config", minimal))
 
+    on_database = folder / "database.toml"
+    on_database.write_text(minimal.read_text().replace(
+        'store = "store.json"', 'store = "postgresql://push@127.0.0.1:5432/push"'))
     for config, extra in ((write_monitoring_bot(folder), "notifier"),
-                          (write_fcm_config(folder), "fcm")):
+                          (write_fcm_config(folder), "fcm"), (on_database, "postgresql")):
         checked = run(cli, "check-config", "--config", config)
         assert checked.returncode == 2
         assert checked.stderr.strip().endswith(f"pip install 'slixmpp-push[{extra}]'")

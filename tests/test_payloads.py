@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from slixmpp_push.config import AppConfig
 from slixmpp_push.models import Dialect, Jingle, Notification, Priority, Registration
+from slixmpp_push.notifier.publisher import RemoteTarget, pubsub_element
 from slixmpp_push.payloads import (
     APNS_MAX_PAYLOAD,
     APNS_VOIP_MAX_PAYLOAD,
@@ -21,6 +23,7 @@ from slixmpp_push.payloads import (
     presentation,
 )
 from slixmpp_push.providers.base import ApnsRequest, FcmRequest
+from slixmpp_push.xep_0357 import Publish, parse_publish
 
 NOW = 1_700_000_000.75
 ACCOUNT = "alice@example.org"
@@ -507,3 +510,58 @@ def test_fcm_page_is_a_visible_notification_on_the_configured_channel() -> None:
     assert request.priority == "high"
     quiet = AppConfig(id="fcm-xmpp-api", type="fcm", android_channel="pages")
     assert build_fcm(registration, page, quiet, 1000.0).body is None  # body only opted in
+
+
+# -- a page published by a remote pager ------------------------------------------------------
+PAGER = "pager@example.org"
+
+
+def local_page(priority: Priority) -> Notification:
+    """What the pager inside the app server hands to delivery (push_notifier._notification)."""
+    return Notification(title="[AB12] Disk full on db1", body="/var at 99%", priority=priority,
+                        message_count=1, sender=PAGER, collapse_key="page:AB12")
+
+
+def published(notification: Notification) -> Publish:
+    """The same page, published by a pager on a client account and parsed by the app server."""
+    iq = ET.Element("{jabber:component:accept}iq", {"type": "set", "from": f"{PAGER}/bot"})
+    iq.append(pubsub_element(RemoteTarget("push.example.org", "node1"), notification))
+    return parse_publish(iq)
+
+
+@pytest.mark.parametrize("priority", list(Priority))
+@pytest.mark.parametrize("app", [apns_app(), apns_app(include_body=True), fcm_app(),
+                                 fcm_app(include_body=True, android_channel="pages")],
+                         ids=["apns", "apns-include-body", "fcm", "fcm-include-body"])
+@pytest.mark.parametrize("dialect", [Dialect.TIGASE, Dialect.V1])
+def test_a_trusted_pagers_publish_renders_as_the_pager_in_the_app_server(
+        priority: Priority, app: AppConfig, dialect: Dialect) -> None:
+    registration = reg(dialect, app=app.id)
+    publish = published(local_page(priority))
+    assert publish.page is not None
+    publish.page.apply(publish.notification)  # what the app server does for a trusted one
+    assert build_request(registration, publish.notification, app, NOW) == \
+        build_request(registration, local_page(priority), app, NOW)
+
+
+def test_a_critical_page_from_a_remote_pager_is_a_critical_alert_with_the_pages_key() -> None:
+    publish = published(local_page(Priority.CRITICAL))
+    assert publish.page is not None
+    publish.page.apply(publish.notification)
+    request = apns(reg(Dialect.V1), publish.notification, apns_app())
+    aps = request.payload["aps"]
+    assert aps["interruption-level"] == "critical"
+    assert aps["alert"] == {"title": "[AB12] Disk full on db1"}  # no body: not opted in
+    assert "/var at 99%" not in json.dumps(request.payload)
+    assert request.collapse_id == hashlib.sha256(b"key\0page:AB12").hexdigest()[:32]
+
+
+@pytest.mark.parametrize("priority", [Priority.CRITICAL, Priority.HIGH])
+def test_the_same_page_form_from_a_server_is_an_ordinary_message(priority: Priority) -> None:
+    """Not applied (the publisher is not trusted): the summary and the Tigase priority
+    alone, as any publish; no title, no interruption level, no page key."""
+    note = published(local_page(priority)).notification
+    assert presentation(reg(), note) is Presentation.MESSAGE
+    request = apns(reg(), note, apns_app())
+    assert request.payload["aps"] == MESSAGE_APS
+    assert request.collapse_id == thread()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from e2e import APNS_APP, TOPIC, running_appserver, send_chat
+from e2e import APNS_APP, MONAL_MODULE, TOPIC, running_appserver, send_chat
 from servers import Account, Connections, make_account, own_server
 
 from slixmpp_push import AppConfig
@@ -130,6 +130,48 @@ async def test_register_status_unregister(prosody_server: ProsodyServer, xmpp: C
                                        f"{tmp_path / 'registrar.json'}")
         code, _, err = await cli("unregister", *common, *secret)
         assert code == 1 and "no stored registration" in err
+
+
+async def test_unregister_claims_only_what_the_app_server_did(
+        prosody_server: ProsodyServer, xmpp: Connections, tmp_path: Path) -> None:
+    """The app server had dropped the device already (a dead token, ``devices remove``):
+    it answers item-not-found, which the line says, rather than an unregistration.
+    A stateless registration has nothing at the app server to unregister."""
+    alice = await make_account(prosody_server, "alice")
+    bob = await make_account(prosody_server, "bob")
+    app = AppConfig(id=APNS_APP, type="console", topic=TOPIC, monal_modules=(MONAL_MODULE,))
+    common = [*account_args(prosody_server, alice, tmp_path / "registrar.json"),
+              "--password-file", str(password_file(tmp_path, alice))]
+    async with running_appserver(xmpp, prosody_server, [app], tmp_path / "s.json",
+                                 providers={app.id: ConsoleProvider(app, io.StringIO())},
+                                 ) as server:
+        code, _, err = await cli("register", *common, "--provider", APNS_APP, "--token", TOKEN)
+        assert code == 0, err
+        monal_token = "bead0000" * 8
+        code, _, err = await cli("register", *common, "--dialect", "stateless",
+                                 "--push-module", MONAL_MODULE, "--token", monal_token)
+        assert code == 0, err
+        (registration,) = server.plugin.store.registrations()  # stateless: none kept
+        assert await server.plugin.store.remove(registration.node) is not None
+
+        code, out, err = await cli("unregister", *common)
+        assert code == 0, err  # what was asked for holds: push is off, nothing is registered
+        assert sorted(out.splitlines()) == [
+            f"disabled push at localhost for {alice.jid}; push.localhost (stateless, "
+            f"provider {MONAL_MODULE}) keeps no registration in this dialect, nothing to "
+            f"unregister: node {monal_token}",
+            f"disabled push at localhost; {alice.jid} was no longer registered with "
+            f"push.localhost (tigase, provider {APNS_APP}), which answered item-not-found: "
+            f"node {registration.node}",
+        ]
+        # Disabled at Prosody all the same: an offline message is published to neither node.
+        await send_chat(xmpp, prosody_server, bob, alice, "after unregister")
+        await asyncio.sleep(0.5)
+        assert server.published == []
+        code, out, err = await cli("status", *common)
+        assert code == 0, err
+        assert out.splitlines()[1] == (f"no registrations stored for {alice.jid} in "
+                                       f"{tmp_path / 'registrar.json'}")
 
 
 async def test_xmpp_errors_exit_1_with_condition(prosody_server: ProsodyServer,

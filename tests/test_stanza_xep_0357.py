@@ -12,12 +12,15 @@ from slixmpp.plugins.xep_0004.stanza import FieldOption, Form, FormField
 from slixmpp.test import SlixTest
 from slixmpp.xmlstream import register_stanza_plugin
 
-from slixmpp_push.models import Priority
+from slixmpp_push.models import Notification, Priority
+from slixmpp_push.notifier.publisher import RemoteTarget, pubsub_element
 from slixmpp_push.xep_0357 import (
+    PAGE_FORM_TYPE,
     PUBLISH_OPTIONS_FORM_TYPE,
     PUBLISH_OPTIONS_FORM_TYPES,
     SUMMARY_FORM_TYPE,
     MalformedPublish,
+    PageFields,
     form_values,
     parse_publish,
     register_stanzas,
@@ -396,6 +399,85 @@ def test_tigase_priority_values() -> None:
     assert level("") is Priority.NORMAL
 
 
+# -- a pager's page form ---------------------------------------------------------------------
+PAGER = "pager@example.org"
+PAGE = Notification(title="[AB12] Disk full on db1", body="/var at 99%",
+                    priority=Priority.CRITICAL, message_count=1, sender=PAGER,
+                    collapse_key="page:AB12")
+
+
+def pagers_publish(notification: Notification = PAGE, secret: str | None = "s3") -> ET.Element:
+    """What push_notifier's publisher sends to a remote app server (the iq around it is
+    the client's, as the app server's component stream sees it)."""
+    iq = ET.Element("{jabber:component:accept}iq", {"type": "set", "from": f"{PAGER}/bot"})
+    iq.append(pubsub_element(RemoteTarget("push.example.org", "n1", secret), notification))
+    return iq
+
+
+def test_a_pagers_publish_is_a_summary_for_anyone_and_a_page_form_for_us() -> None:
+    element = pagers_publish()
+    forms = element.findall(".//{urn:xmpp:push:0}notification/{jabber:x:data}x")
+    assert [form_values(form) for form in forms] == [
+        {"FORM_TYPE": SUMMARY_FORM_TYPE, "message-count": "1", "last-message-sender": PAGER,
+         "last-message-body": "[AB12] Disk full on db1 — /var at 99%"},
+        {"FORM_TYPE": PAGE_FORM_TYPE, "title": "[AB12] Disk full on db1",
+         "priority": "critical", "body": "/var at 99%", "key": "page:AB12"},
+    ]
+    publish = parse_publish(element)
+    # Read beside the notification, not into it: the app server decides who may set it.
+    note = publish.notification
+    assert (note.title, note.priority, note.collapse_key) == (None, Priority.HIGH, None)
+    assert note.body == "[AB12] Disk full on db1 — /var at 99%"
+    assert publish.page == PageFields(title="[AB12] Disk full on db1", body="/var at 99%",
+                                      priority=Priority.CRITICAL, key="page:AB12")
+    assert note.publish_options == {"secret": "s3"}
+
+
+def test_applied_page_fields_make_the_pagers_own_notification() -> None:
+    publish = parse_publish(pagers_publish())
+    assert publish.page is not None
+    publish.page.apply(publish.notification)
+    note = publish.notification
+    assert (note.title, note.body, note.priority, note.collapse_key, note.sender,
+            note.message_count) == (PAGE.title, PAGE.body, PAGE.priority, PAGE.collapse_key,
+                                    PAGE.sender, PAGE.message_count)
+
+
+@pytest.mark.parametrize("priority", list(Priority))
+def test_every_page_priority_travels(priority: Priority) -> None:
+    notification = Notification(title="Backups", priority=priority, sender=PAGER)
+    page = parse_publish(pagers_publish(notification, secret=None)).page
+    assert page == PageFields(title="Backups", priority=priority)
+
+
+def test_a_notification_without_a_title_has_no_page_form() -> None:
+    plain = Notification(message_count=1, sender=PAGER, body="hi")
+    element = pagers_publish(plain)
+    assert PAGE_FORM_TYPE not in ET.tostring(element, encoding="unicode")
+    assert parse_publish(element).page is None
+
+
+def page_form(**fields: str) -> str:
+    values = "".join(f"<field var='{k}'><value>{v}</value></field>" for k, v in fields.items())
+    return (f"<notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='submit'>"
+            f"<field var='FORM_TYPE'><value>{PAGE_FORM_TYPE}</value></field>{values}"
+            f"</x></notification>")
+
+
+def test_a_page_form_is_read_leniently_never_refused() -> None:
+    """A stranger's page form is ignored by the app server, so reading it never fails
+    the publish: an unknown priority is left out, long text is cut, no title is no page."""
+    page = parse_publish(publish_xml(page_form(title="T", priority="urgent"))).page
+    assert page == PageFields(title="T")
+    assert parse_publish(publish_xml(page_form(title="  ", body="b"))).page is None
+    assert parse_publish(publish_xml(page_form(body="b"))).page is None
+    page = parse_publish(publish_xml(page_form(title="é" * 3000, body="ü" * 3000,
+                                               key="k" * 5000))).page
+    assert page is not None and page.key is not None and page.body is not None
+    assert len(page.title.encode()) <= 4096 and page.title == "é" * 2048
+    assert len(page.body.encode()) <= 4096 and len(page.key) == 4096
+
+
 @pytest.mark.parametrize(("element", "message"), [
     (ET.fromstring("<iq xmlns='jabber:client' type='set'/>"), "no pubsub publish"),
     (publish_xml(node=None), "no node"),
@@ -441,7 +523,8 @@ TAGS = [f"{{{PUBSUB}}}pubsub", f"{{{PUBSUB}}}publish", f"{{{PUBSUB}}}item",
 ATTRS = ["node", "var", "iv", "type", "sid", "action"]
 VALUES = ["", "1", "-3", "0x10", " 12 ", "high", "low", "voip", "FORM_TYPE", "message-count",
           "pending-subscription-count", "last-message-body", SUMMARY_FORM_TYPE,
-          PUBLISH_OPTIONS_FORM_TYPE, PUBLISH_OPTIONS_FORM_TYPE_ALT, "9" * 5000, "١٢"]
+          PUBLISH_OPTIONS_FORM_TYPE, PUBLISH_OPTIONS_FORM_TYPE_ALT, "9" * 5000, "١٢",
+          PAGE_FORM_TYPE, "title", "priority", "key", "critical"]
 values = st.one_of(st.sampled_from(VALUES), st.text(max_size=20))
 
 
@@ -498,7 +581,8 @@ def test_random_trees_parse_or_raise_malformed(children: list[ET.Element]) -> No
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(node=values, count=values, pending=values, sender=values, body=values, iv=values,
        blob=values, priority=values, form_type=values, sid=values,
-       drop=st.sets(st.sampled_from(["summary", "encrypted", "priority", "jingle", "options"])))
+       drop=st.sets(st.sampled_from(["summary", "page", "encrypted", "priority", "jingle",
+                                     "options"])))
 def test_random_publish_strings_parse_or_raise_malformed(
         node: str, count: str, pending: str, sender: str, body: str, iv: str, blob: str,
         priority: str, form_type: str, sid: str, drop: set[str]) -> None:
@@ -517,6 +601,11 @@ def test_random_publish_strings_parse_or_raise_malformed(
                     f"</field><field var='last-message-sender'><value>{esc(sender)}</value>"
                     f"</field><field var='last-message-body'><value>{esc(body)}</value>"
                     f"</field></x>"),
+        "page": (f"<x xmlns='jabber:x:data'><field var='FORM_TYPE'><value>{PAGE_FORM_TYPE}"
+                 f"</value></field><field var='title'><value>{esc(sender)}</value></field>"
+                 f"<field var='body'><value>{esc(body)}</value></field>"
+                 f"<field var='priority'><value>{esc(priority)}</value></field>"
+                 f"<field var='key'><value>{esc(sid)}</value></field></x>"),
         "encrypted": (f"<encrypted xmlns='tigase:push:encrypt:0' iv='{esc(iv)}'>{esc(blob)}"
                       f"</encrypted>"),
         "priority": f"<priority xmlns='tigase:push:priority:0'>{esc(priority)}</priority>",

@@ -20,7 +20,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -72,10 +72,12 @@ def check_config(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return status, out, err
 
 
-def run_cli(*args: str, code: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``slixmpp-push ARGS`` in a fresh interpreter (``code`` runs first)."""
+def run_cli(*args: str, code: str = "", timeout: float = 60,
+            prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """``slixmpp-push ARGS`` in a fresh interpreter (``code`` runs first), started
+    through ``prefix`` (a command such as ``setpriv …``) if given."""
     script = f"import sys\n{code}\nfrom slixmpp_push.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+    return subprocess.run([*prefix, sys.executable, "-c", script, *args], capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -15,6 +15,11 @@ that adds to it (a throttled or coalesced publish, a slow provider, a failed
 first attempt): a notification that would be the one too many is refused with
 :class:`QueueFull` before anything is answered, so the publish gets ``wait``
 (its server keeps the registration) and nothing answered ``result`` is dropped.
+
+A registration whose app is not configured (any more: the operator removed it
+from the config, or renamed its provider id) is never sent nor queued: ``submit``
+says :attr:`Submitted.APP_REMOVED` and the caller decides what becomes of the
+registration; a pending notification for one, kept from before a restart, is dropped.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ class Submitted(str, enum.Enum):
     THROTTLED = "throttled"  # durably pending until the node's rate limit allows it
     DEAD_TOKEN = "dead_token"  # the registration was removed
     REJECTED = "rejected"  # the provider refused it for good (not the token's fault)
+    APP_REMOVED = "app_removed"  # the registration's app is not configured: nothing sent
+
+    @property
+    def pushed(self) -> bool:
+        """Whether the notification reached the device, or durably will."""
+        return self in (Submitted.DELIVERED, Submitted.QUEUED, Submitted.THROTTLED)
 
 
 _SUBMITTED = {
@@ -158,6 +169,8 @@ class Delivery:
         (pager, notices) has nothing to answer and waits inline, which spares
         a task and a timer per notification on a large fan-out.
         """
+        if registration.app not in self.providers:
+            return Submitted.APP_REMOVED
         node = registration.node
         now = time.time()
         if node in self._pending or node in self._inflight:
@@ -244,10 +257,9 @@ class Delivery:
     async def _send(self, registration: Registration, notification: Notification,
                     ) -> DeliveryResult:
         provider = self.providers.get(registration.app)
-        if provider is None:
-            log.error("node %s: app %r is no longer configured", loggable_node(registration.node),
-                      registration.app)
-            return DeliveryResult(Outcome.REJECTED, reason="app not configured")
+        if provider is None:  # submit and _fire let none through: a safety net
+            return DeliveryResult(Outcome.REJECTED,
+                                  reason=f"app {registration.app!r} is not configured")
         try:
             request = build_request(registration, notification, provider.app, time.time())
         except ValueError as exc:
@@ -296,9 +308,9 @@ class Delivery:
             await self.on_dead_token(registration, result)
             return
         if result.outcome is Outcome.REJECTED:
-            log.error("node %s: %s rejected the notification: %s %s", loggable_node(node),
-                      registration.app,
-                      result.status, result.reason)
+            said = " ".join(part for part in (str(result.status or ""), result.reason) if part)
+            log.error("node %s: %s rejected the notification: %s", loggable_node(node),
+                      registration.app, said or "no reason given")
         if mine:
             await self._forget(node)
 
@@ -357,6 +369,13 @@ class Delivery:
                 forget.add_done_callback(_log_store_failure)
                 return
             registration = current
+        if registration.app not in self.providers:  # kept from before a restart
+            log.warning("node %s: pending notification dropped: its app %r is not "
+                        "configured any more", loggable_node(node), registration.app)
+            self._pending.pop(node, None)
+            forget = asyncio.ensure_future(self.store.set_doc(PENDING, node, None))
+            forget.add_done_callback(_log_store_failure)
+            return
         wait = self.limiter.take(node, time.time())
         if wait > 0:
             self._schedule(node, time.time() + wait)

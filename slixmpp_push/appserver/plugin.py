@@ -28,7 +28,15 @@ Config keys (``register_plugin('push_appserver', {...})``):
 ``trusted_publishers``
     Bare JIDs besides the registration's own server that may publish to any
     node (a paging bot publishing as an XEP-0357 publisher); the node's secret
-    is still required.
+    is still required. Only their publishes may carry a page form
+    (:class:`~slixmpp_push.xep_0357.publish.PageFields`: a title, a critical or
+    time-sensitive priority, a collapse key), and such a page publish arms the
+    echo guard for the page's chat message (``echo_window``); anyone else's page
+    form is ignored.
+``echo_window``
+    Seconds during which, after a trusted publisher's page, the user's server's
+    publish for that node is taken for the echo of the page's chat message and not
+    pushed (default 15; 0 turns it off). See :mod:`~slixmpp_push.appserver.echoes`.
 ``limits``
     A :class:`~slixmpp_push.config.RegistrationLimits`: devices per account (default
     20) and group-chat registrations per device (default 100). A new registration
@@ -45,7 +53,13 @@ test notification to each of its registered devices and is told, per device,
 what the provider answered and when its server last published to the node
 (``plugin.last_publish``, node → time, kept since ``plugin.started_at``).
 
-Events: ``push_registered`` and ``push_unregistered`` (a Registration),
+A registration whose app is no longer configured is removed at its next publish
+(answered ``cancel/item-not-found``, as for an unknown node: the user's server drops it,
+and the client registers anew when it enables push again) or notification; start-up
+warns about such registrations.
+
+Events: ``push_registered`` and ``push_unregistered`` (a Registration; also when
+its app is no longer configured),
 ``push_dead_token`` (a Registration), ``push_published`` (a PublishOutcome),
 ``push_test_sent`` (a :class:`~slixmpp_push.appserver.selftest.SelfTestReport`).
 
@@ -83,7 +97,7 @@ from ..logs import LogSampler, loggable_node
 from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..providers import Provider, create_provider
-from ..store import DEAD_TOKENS, Store, TinyDBStore
+from ..store import DEAD_TOKENS, Store, create_store
 from ..xep_0357.publish import MalformedPublish, parse_publish
 from ..xep_0357.stanza import NS, register_stanzas
 from .adhoc import COMMANDS_NS, withdraw_command
@@ -131,6 +145,7 @@ class PushAppServer(BasePlugin):
         "metrics": None,
         "admins": (),
         "trusted_publishers": (),
+        "echo_window": 15.0,
         "limits": None,
     }
 
@@ -145,7 +160,7 @@ class PushAppServer(BasePlugin):
         self.app_index: dict[str, AppConfig] = {app.id: app for app in apps}
         store = self.config.get("store")
         if store is None or isinstance(store, str):
-            store = TinyDBStore(store or "slixmpp-push.json")
+            store = create_store(store or "slixmpp-push.json")
         self.store: Store = store
         self.registrations = Registrations(self.store, self.config.get("limits"))
         self.providers: dict[str, Provider] = dict(self.config.get("providers") or {})
@@ -245,6 +260,7 @@ class PushAppServer(BasePlugin):
             await provider.start()
             if provider.app.cert_file:
                 self.metrics.watch_certificate(provider.id, provider.app.cert_file)
+        self._warn_unserved()
         self.delivery.resume()
         # The loaded registrations live as long as the process: move them out of
         # the collector's reach, or each full collection walks them all (21 ms at
@@ -253,6 +269,15 @@ class PushAppServer(BasePlugin):
         gc.freeze()
         log.info("push app server ready: %d registration(s), apps %s", len(self.store),
                  ", ".join(self.app_index) or "none")
+
+    def _warn_unserved(self) -> None:
+        unserved = {app: count for app, count in self.store.count_by_app().items()
+                    if app not in self.providers}
+        if unserved:
+            log.warning("registrations of apps not in the configuration: %s; each is removed "
+                        "at its next publish (answered item-not-found). Keep them: put the "
+                        "app back under that provider id",
+                        ", ".join(f"{app} ({count})" for app, count in sorted(unserved.items())))
 
     async def stop(self) -> None:
         """Stop delivering, close the providers and the store (pending stays stored)."""
@@ -325,7 +350,10 @@ class PushAppServer(BasePlugin):
         """Deliver a notification to one registration from Python (pager, admin)."""
         if self._started is None or not self._started.done():
             await self.start()
-        return await self.delivery.submit(registration, notification, inline=True)
+        submitted = await self.delivery.submit(registration, notification, inline=True)
+        if submitted is Submitted.APP_REMOVED:
+            await self._drop_unserved(registration)
+        return submitted
 
     # -- ad-hoc commands --------------------------------------------------------------
     def _command_handler(self, command: Command) -> Any:
@@ -415,10 +443,18 @@ class PushAppServer(BasePlugin):
             node = publish.node
             if self._started is None or not self._started.done():
                 await self.start()
-            registration = self._authorize(JID(publisher), publish.node,
+            sender = JID(publisher)
+            trusted = sender.bare in self.config.get("trusted_publishers", ())
+            registration = self._authorize(sender, trusted, publish.node,
                                            publish.notification)
             dialect = registration.dialect.value
-            if self.echoes and self.echoes.is_echo(registration.node, publish.notification):
+            # A page form counts from a trusted publisher only (a pager): a user's
+            # server may not make a push critical or title it. Ignored, not refused.
+            page = publish.page if trusted else None
+            if page is not None:
+                page.apply(publish.notification)  # the page itself: never an echo
+            if page is None and self.echoes and self.echoes.is_echo(registration.node,
+                                                                   publish.notification):
                 # The page's own push is on the device already (see echoes.py).
                 self.metrics.echoes_suppressed.labels(registration.app).inc()
             else:
@@ -426,9 +462,19 @@ class PushAppServer(BasePlugin):
                 if submitted is Submitted.DEAD_TOKEN:
                     raise XMPPError("item-not-found", etype="cancel",
                                     text="device token expired")
+                if submitted is Submitted.APP_REMOVED:
+                    await self._drop_unserved(registration)
+                    raise XMPPError("item-not-found", etype="cancel",
+                                    text=f"app {quoted(registration.app)} is not served here "
+                                         "any more")
                 if submitted is Submitted.REJECTED:
                     raise XMPPError("internal-server-error", etype="wait",
                                     text="the push provider refused the notification")
+                if page is not None and submitted.pushed:
+                    # Armed before the result goes back: the pager sends the page's chat
+                    # message once answered, and the account's server publishes for it.
+                    self.echoes.expect(registration.node, sender.bare,
+                                       self.config.get("echo_window", 15.0))
             self._reply_result(xml)
             answer = "result"
         except XMPPError as error:
@@ -459,9 +505,8 @@ class PushAppServer(BasePlugin):
         self.metrics.published(dialect, answer)
         self.xmpp.event("push_published", outcome)
 
-    def _authorize(self, publisher: JID, node: str, notification: Notification,
-                   ) -> Registration:
-        trusted = publisher.bare in self.config.get("trusted_publishers", ())
+    def _authorize(self, publisher: JID, trusted: bool, node: str,
+                   notification: Notification) -> Registration:
         if not trusted and (publisher.user or publisher.resource or not publisher.domain):
             raise XMPPError("forbidden", etype="auth", text="publisher must be a server")
         registration = self.store.get(node)
@@ -527,24 +572,44 @@ class PushAppServer(BasePlugin):
                 wrong.tag = f"{{{self.xmpp.default_ns}}}error"
         return stanza
 
-    # -- dead tokens -------------------------------------------------------------------------
+    # -- dead registrations --------------------------------------------------------------------
     async def _on_dead_token(self, registration: Registration, result: DeliveryResult) -> None:
         log.info("dropping node %s of %s: the provider says %s %s",
                  loggable_node(registration.node), registration.account, result.status,
                  result.reason)
-        self.last_publish.pop(registration.node, None)
         self.delivery.stats["dead_tokens"] += 1
         self.metrics.dead_tokens.labels(registration.app).inc()
         if registration.dialect is Dialect.MONAL:
+            self.last_publish.pop(registration.node, None)
             await self.store.set_doc(DEAD_TOKENS, registration.node, {"at": time.time()})
         else:
-            await self.store.remove(registration.node)
-            if self.config.get("remote_disable", True):
-                # After the publish's error reply, which is queued once we return:
-                # sent first, the server would store the message for the offline
-                # user and publish once more to the node it has not dropped yet.
-                asyncio.get_running_loop().call_soon(self._send_remote_disable, registration)
+            await self._forget(registration)
         self.xmpp.event("push_dead_token", registration)
+
+    async def _drop_unserved(self, registration: Registration) -> None:
+        """Remove a registration whose app the operator took out of the config.
+
+        Nothing could ever be delivered to it, and answering ``wait`` would keep every
+        server publishing to it for good; the client registers anew (with an app that
+        is served) when it enables push again.
+        """
+        log.info("dropping node %s of %s: its app %s is not configured any more",
+                 loggable_node(registration.node), registration.account,
+                 quoted(registration.app))
+        await self.delivery.drop(registration.node)
+        if registration.dialect is not Dialect.MONAL:  # stateless: nothing stored
+            await self._forget(registration)
+        self.xmpp.event("push_unregistered", registration)
+
+    async def _forget(self, registration: Registration) -> None:
+        """Remove a dead registration and tell the account's server to stop publishing."""
+        self.last_publish.pop(registration.node, None)
+        await self.store.remove(registration.node)
+        if self.config.get("remote_disable", True):
+            # After the publish's error reply, which is queued once we return:
+            # sent first, the server would store the message for the offline
+            # user and publish once more to the node it has not dropped yet.
+            asyncio.get_running_loop().call_soon(self._send_remote_disable, registration)
 
     def _send_remote_disable(self, registration: Registration) -> None:
         # An explicit from: ejabberd closes a component stream sending without one.

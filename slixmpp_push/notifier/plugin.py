@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 MAX_GROUP_DEPTH = 8
 FAN_OUT = 200  # deliveries in flight at once
 HINT_INTERVAL = 600.0  # seconds between two "unknown command" answers to one account
+#: Seconds the chat messages of a page wait for its remote publishes to be answered.
+REMOTE_HEAD_START = 2.0
 #: Payloads whose message body is only a fallback ("This message is encrypted…"): not
 #: an unknown command (OMEMO 0.3 and 2, OpenPGP for XMPP, legacy OpenPGP, XEP-0380).
 ENCRYPTED_PAYLOADS = frozenset({
@@ -222,6 +224,25 @@ class PushNotifier(BasePlugin):
                        text: str, page: Page | None = None) -> NotifyReport:
         report = NotifyReport()
         specs = self.expand(targets, report)
+        remote = [spec for spec in specs if spec.startswith("remote:")]
+        # Remote publishes go first. An app server that trusts this pager arms its echo
+        # guard before it answers a page's publish; a chat message sent before that
+        # would make the account's server publish first, a second notification.
+        # Bounded, so that a slow app server does not hold the chat messages back.
+        publishing = asyncio.ensure_future(
+            self._deliver_all(remote, notification, text, report, page))
+        try:
+            if remote:
+                await asyncio.wait({publishing}, timeout=REMOTE_HEAD_START)
+            await self._deliver_all([spec for spec in specs if not spec.startswith("remote:")],
+                                    notification, text, report, page)
+            await publishing
+        finally:
+            publishing.cancel()  # only when this delivery was cancelled itself
+        return report
+
+    async def _deliver_all(self, specs: Sequence[str], notification: Notification,
+                           text: str, report: NotifyReport, page: Page | None) -> None:
         pending = iter(specs)
 
         async def worker() -> None:
@@ -229,7 +250,6 @@ class PushNotifier(BasePlugin):
                 await self._deliver_one(spec, notification, text, report, page)
 
         await asyncio.gather(*(worker() for _ in range(min(FAN_OUT, len(specs)))))
-        return report
 
     async def _deliver_one(self, spec: str, notification: Notification, text: str,
                            report: NotifyReport, page: Page | None) -> None:

@@ -1,5 +1,6 @@
 """The ``push_registrar`` plugin: XEP-0357 for slixmpp clients (the device side)."""
 
+from .app_server import Unregistration
 from .dialects import (
     DIALECT_NAMES,
     DIALECTS,
@@ -21,5 +22,5 @@ from .plugin import PushRegistrar
 __all__ = [
     "DIALECTS", "DIALECT_NAMES", "AppServerNotFound", "ClientDialect", "ClientRegistration",
     "Device", "EnableExtensions", "NotAuthorized", "PushNotSupported", "PushRegistrar",
-    "PushTimeout", "RegistrarError", "RegistrationFailed",
+    "PushTimeout", "RegistrarError", "RegistrationFailed", "Unregistration",
 ]

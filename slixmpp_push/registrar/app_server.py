@@ -1,8 +1,10 @@
-"""App servers: finding one among the account's services, and running its ad-hoc commands."""
+"""App servers: finding one among the account's services, running its ad-hoc commands,
+and what one did with an unregistration."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from xml.etree.ElementTree import Element
 
 from slixmpp import JID
@@ -15,6 +17,15 @@ from .errors import AppServerNotFound, RegistrationFailed, from_xmpp_error
 _COMMAND = "{http://jabber.org/protocol/commands}command"
 _DATA = "{jabber:x:data}"
 _DISCO_ITEM = "{http://jabber.org/protocol/disco#items}item"
+
+
+class Unregistration(enum.Enum):
+    """What the app server did with a registration :meth:`PushRegistrar.unregister` ended
+    (push is disabled at the account's server in every case)."""
+
+    REMOVED = "removed"  # it held the registration, and removed it
+    NOT_REGISTERED = "not-registered"  # it answered item-not-found: it had none any more
+    NOTHING_REGISTERED = "nothing-registered"  # the dialect (stateless) registers nothing
 
 
 async def find_app_server(xmpp: BaseXMPP, provider: str | None, timeout: float) -> JID:

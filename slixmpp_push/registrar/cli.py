@@ -33,6 +33,7 @@ from ..client_login import ClientLogin, LoginFailed
 from ..errors import ConfigError
 from ..logs import short_token
 from ..store import Store, TinyDBStore
+from .app_server import Unregistration
 from .dialects import DIALECT_NAMES, ClientRegistration
 from .errors import RegistrarError
 from .plugin import PushRegistrar
@@ -243,10 +244,22 @@ async def _unregister(args: argparse.Namespace, registrar: PushRegistrar) -> int
               f"(see 'slixmpp-push status')", file=sys.stderr)
         return EXIT_XMPP
     for registration in chosen:
-        await registrar.unregister(registration)
-        print(f"disabled push at {JID(registration.account).domain} and unregistered "
-              f"{registration.account} from {_label(registration)}: node {registration.node}")
+        outcome = await registrar.unregister(registration)
+        print(f"{_unregistered(registration, outcome)}: node {registration.node}")
     return 0
+
+
+def _unregistered(registration: ClientRegistration, outcome: Unregistration) -> str:
+    """What an unregistration did, claiming at the app server only what happened there."""
+    disabled = f"disabled push at {JID(registration.account).domain}"
+    account, app_server = registration.account, _label(registration)
+    if outcome is Unregistration.REMOVED:
+        return f"{disabled} and unregistered {account} from {app_server}"
+    if outcome is Unregistration.NOT_REGISTERED:
+        return (f"{disabled}; {account} was no longer registered with {app_server}, which "
+                "answered item-not-found")
+    return (f"{disabled} for {account}; {app_server} keeps no registration in this dialect, "
+            "nothing to unregister")
 
 
 async def _status(args: argparse.Namespace, registrar: PushRegistrar) -> int:

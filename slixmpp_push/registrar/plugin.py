@@ -15,8 +15,8 @@ Config keys (``register_plugin('push_registrar', {...})``):
 
 ``store``
     A :class:`~slixmpp_push.store.Store` (may be shared with ``push_appserver``
-    in the same process: start the app server first), a file path for a
-    :class:`~slixmpp_push.store.TinyDBStore` of its own, or ``None`` for a
+    in the same process: start the app server first), a file path or
+    ``postgresql://`` URL for a store of its own, or ``None`` for a
     :class:`~slixmpp_push.store.MemoryStore`. Records live in its
     ``client_registrations`` table, keyed by (account, app server, dialect,
     provider).
@@ -63,10 +63,10 @@ from slixmpp import JID
 from slixmpp.plugins.base import BasePlugin
 
 from ..logs import loggable_node, short_token
-from ..store import MemoryStore, Store, TinyDBStore
+from ..store import MemoryStore, Store, create_store
 from ..xep_0357.stanza import NS, register_stanzas
 from . import own_server, remote_disable
-from .app_server import find_app_server, run_command
+from .app_server import Unregistration, find_app_server, run_command
 from .dialects import (
     ClientDialect,
     ClientRegistration,
@@ -106,7 +106,7 @@ class PushRegistrar(BasePlugin):
         if store is None:
             store = MemoryStore()
         elif not isinstance(store, Store):
-            store = TinyDBStore(store)
+            store = create_store(store)
         self.store: Store = store
         self.records = Records(store)
         self.enables = 0  # <enable> IQs the server accepted, in all sessions
@@ -278,16 +278,19 @@ class PushRegistrar(BasePlugin):
         self.xmpp.event("push_enabled", registration)
         return registration
 
-    async def unregister(self, registration: ClientRegistration) -> None:
+    async def unregister(self, registration: ClientRegistration) -> Unregistration:
         """Disable at the account's server and unregister at the app server.
 
         Both sides are tried; the record is dropped only when both succeeded
         (an app server that no longer knows the device counts as success), so
-        a failed unregistration can be retried.
+        a failed unregistration can be retried. Returns what the app server did:
+        removed the registration, had none any more (``item-not-found``), or holds
+        none in this dialect (stateless).
         """
         await self.start()
         spec = get_dialect(registration.dialect)
         problems: list[RegistrarError] = []
+        outcome = Unregistration.NOTHING_REGISTERED
         try:
             await self.disable(registration.target, registration.node)
         except RegistrarError as error:
@@ -297,15 +300,18 @@ class PushRegistrar(BasePlugin):
                 await self.execute(registration.app_server, spec.unregister_command,
                                    spec.unregister_fields(registration),
                                    f"{spec.name} unregistration at {registration.app_server}")
+                outcome = Unregistration.REMOVED
             except RegistrarError as error:
                 if error.condition != "item-not-found":
                     problems.append(error)
+                outcome = Unregistration.NOT_REGISTERED
         if problems:
             raise problems[0]
         await self.records.forget(registration)
-        log.info("unregistered %s from %s (%s)", self.account, registration.app_server,
-                 registration.dialect)
+        log.info("unregistered %s from %s (%s): %s", self.account, registration.app_server,
+                 registration.dialect, outcome.value)
         self.xmpp.event("push_registrar_unregistered", registration)
+        return outcome
 
     async def update_token(self, token: str, voip_token: str | None = None, *,
                            app_server: str | None = None, dialect: str | None = None,

@@ -1,4 +1,6 @@
-"""Where registrations and queued notifications live."""
+"""Where registrations and queued notifications live: a TinyDB file (the default) or a
+PostgreSQL database (:mod:`.postgresql`, needs the ``postgresql`` extra); :func:`create_store`
+picks one by its location."""
 
 from .base import (
     CLIENT_REGISTRATIONS,
@@ -11,11 +13,13 @@ from .base import (
     Store,
     device_identity,
 )
+from .location import create_store
 from .status import StoreStatus
 from .tinydb_store import AtomicJSONStorage, TinyDBStore
+from .urls import is_database_url
 
 __all__ = [
     "CLIENT_REGISTRATIONS", "DEAD_TOKENS", "OMEMO", "PAGES", "PENDING", "REGISTRATIONS",
     "AtomicJSONStorage", "MemoryStore", "Store", "StoreStatus", "TinyDBStore",
-    "device_identity",
+    "create_store", "device_identity", "is_database_url",
 ]

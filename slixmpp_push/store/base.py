@@ -4,18 +4,24 @@ Reads are synchronous and answered from in-memory indexes (a publish never
 scans); writes are coroutines that return once the change is durable. A back
 end only implements :meth:`Store._persist` (and loading); everything else —
 indexes, typed accessors, rollback on a failed write, the write health that
-/health reports (:class:`~.status.StoreStatus`) — lives here once.
+/health reports (:class:`~.status.StoreStatus`) — lives here once. A back end
+that other processes write too (PostgreSQL) applies their changes to memory
+with :meth:`Store._apply_remote`, which updates the indexes and persists nothing.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import StoreError
 from ..models import Registration
 from .status import StoreStatus
+
+log = logging.getLogger(__name__)
 
 REGISTRATIONS = "registrations"
 PENDING = "pending"
@@ -47,22 +53,37 @@ class Store(abc.ABC):
         self._by_account: dict[str, set[str]] = {}
         self._app_counts: dict[str, int] = {}
         self._opened = False
+        self._opening: asyncio.Future[None] | None = None
         self.status = StoreStatus()  # write failures (logged once), journal size
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
-        """Load the tables; must be awaited before use. Opening again is a no-op
-        (several plugins may share one store)."""
+        """Load the tables; must be awaited before use. Opening again is a no-op, and
+        opens at the same time share one load (several plugins may share one store)."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open_once())
+        try:
+            await asyncio.shield(self._opening)
+        except BaseException:
+            if self._opening is not None and self._opening.done():
+                self._opening = None  # a failed open may be tried again
+            raise
+
+    async def _open_once(self) -> None:
         if self._opened:
             return
         self._load_tables(await self._load())
         self._opened = True
+        await self._loaded()
 
     async def close(self) -> None:
         """Flush and release the back end."""
 
     async def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
         return {}
+
+    async def _loaded(self) -> None:
+        """Called once the tables are in memory (a back end starts its writer here)."""
 
     @abc.abstractmethod
     async def _persist(self, ops: list[Op]) -> None:
@@ -174,18 +195,70 @@ class Store(abc.ABC):
         else:
             table[key] = doc
         try:
-            await self._persist([(name, key, doc)])
-        except BaseException as exc:
+            await self._persist_reported([(name, key, doc)])
+        except BaseException:
             if table.get(key) is doc:
                 if old is None:
                     table.pop(key, None)
                 else:
                     table[key] = old
-            if isinstance(exc, StoreError):
-                self.status.write_failed(str(exc))
+            raise
+
+    async def _persist_reported(self, ops: list[Op]) -> None:
+        """:meth:`_persist`, with the outcome reported to :attr:`status`."""
+        try:
+            await self._persist(ops)
+        except StoreError as exc:
+            self.status.write_failed(str(exc))
             raise
         if not self.status.writable:
             self.status.write_succeeded()
+
+    async def replace_all(self, tables: Mapping[str, Mapping[str, dict[str, Any]]]) -> None:
+        """Make the store hold exactly ``tables`` (a table not given: empty), in one write:
+        what ``slixmpp-push store migrate`` copies. Memory is restored if it fails."""
+        new = {name: dict(tables.get(name, {})) for name in TABLES}
+        for node, doc in new[REGISTRATIONS].items():
+            try:
+                Registration.from_doc(doc)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreError(f"registration {node!r} is invalid: {exc}") from exc
+        ops: list[Op] = []
+        for name in TABLES:
+            old = self._tables[name]
+            ops += [(name, key, None) for key in old if key not in new[name]]
+            ops += [(name, key, doc) for key, doc in new[name].items() if old.get(key) != doc]
+        if not ops:
+            return
+        before = {name: dict(table) for name, table in self._tables.items()}
+        self._load_tables(new)
+        try:
+            await self._persist_reported(ops)
+        except BaseException:
+            self._load_tables(before)
+            raise
+
+    # -- changes made by other processes --------------------------------------------------
+    def _apply_remote(self, name: str, key: str, doc: dict[str, Any] | None) -> None:
+        """Another process changed a document: take it into memory and the indexes,
+        persisting nothing. An unreadable registration is logged and left out."""
+        table = self._tables[name]
+        if name == REGISTRATIONS:
+            try:
+                new = Registration.from_doc(doc) if doc is not None else None
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("store: registration %s written by another process is unreadable "
+                          "(%s); ignored", key, exc)
+                return
+            old = self._registrations.get(key)
+            if old is not None:
+                self._unindex(old)
+            if new is not None:
+                self._index(new)
+        if doc is None:
+            table.pop(key, None)
+        else:
+            table[key] = doc
 
 
 class MemoryStore(Store):

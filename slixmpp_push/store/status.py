@@ -42,8 +42,9 @@ class StoreStatus:
     _spell_logged: bool = field(default=False, repr=False)
 
     # -- updates (the store calls these) -------------------------------------------------
-    def write_failed(self, error: str) -> None:
-        """One write was refused with ``error``."""
+    def write_failed(self, error: str, *, writes: int = 1) -> None:
+        """``writes`` writes were refused with ``error`` (0: the store found out by itself
+        that it cannot write, as a database store does when its connection is lost)."""
         now = time.monotonic()
         new_spell = self.writable
         if new_spell:
@@ -53,8 +54,8 @@ class StoreStatus:
             self._logged_failures = 0
             self._spell_logged = False
         self.error = error
-        self.failed_writes += 1
-        self.failed_writes_total += 1
+        self.failed_writes += writes
+        self.failed_writes_total += writes
         recent = error == self._logged_error and now - self._logged_at < LOG_INTERVAL
         if error != self._logged_error or (new_spell and not recent):
             log.error("store write failed: %s (writes that need the store are answered "

@@ -71,6 +71,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def in_use(path: str | os.PathLike[str]) -> bool:
+    """Whether a process (a running ``serve``) holds the lock of the store at ``path``.
+
+    Probed with a shared, non-blocking flock that is released at once.
+    """
+    store = Path(path)
+    try:
+        fd = os.open(store.with_name(store.name + ".lock"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the lock, if we got it
+    return False
+
+
 class AtomicJSONStorage(Storage):
     """A TinyDB storage whose writes replace the file atomically (mode 0600)."""
 
@@ -129,7 +150,6 @@ class TinyDBStore(Store):
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
-        self._opening: asyncio.Future[None] | None = None
         # Where the journal must be cut back to before the next append: a failed
         # append whose partial batch could not be cut off at once.
         self._torn_at: int | None = None
@@ -141,31 +161,15 @@ class TinyDBStore(Store):
         self._room_checked = 0.0
 
     # -- loading ------------------------------------------------------------
-    async def open(self) -> None:
-        # Several plugins may open the store at once (session start): one load.
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._open_once())
-        try:
-            await asyncio.shield(self._opening)
-        except BaseException:
-            if self._opening.done():
-                self._opening = None  # a failed open may be tried again
-            raise
-
-    async def _open_once(self) -> None:
-        if self._opened:
-            return
+    async def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
         loop = asyncio.get_running_loop()
-        tables = await loop.run_in_executor(self._executor, self._load_sync)
-        self._load_tables(tables)
-        self._opened = True
+        return await loop.run_in_executor(self._executor, self._load_sync)
+
+    async def _loaded(self) -> None:
         if self.read_only:
             return
         self._wakeup = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="push-store-writer")
-
-    async def _load(self) -> dict[str, dict[str, dict[str, Any]]]:  # pragma: no cover
-        raise NotImplementedError  # open() loads in the writer thread
 
     def _load_sync(self) -> dict[str, dict[str, dict[str, Any]]]:
         try:
@@ -195,6 +199,10 @@ class TinyDBStore(Store):
             # file is the same, without wrapping 100k documents in Document objects.
             try:
                 data = AtomicJSONStorage(self.path).read() or {}
+            except PermissionError:  # not a damaged store: say what access it needs
+                access = "read" if self.read_only else "read and write"
+                raise StoreError(f"{self.path}: permission denied (the store needs {access} "
+                                 "access to its folder and files)") from None
             except (ValueError, OSError) as exc:
                 raise StoreError(f"{self.path} is not a readable store: {exc}") from exc
             # A JSON object of another shape is no store either: one line, no traceback.

@@ -1,8 +1,9 @@
 """XEP-0357: Push Notifications — stanzas and publish parsing."""
 
-from .publish import MalformedPublish, Publish, form_values, parse_publish
+from .publish import MalformedPublish, PageFields, Publish, form_values, parse_publish
 from .stanza import (
     NS,
+    PAGE_FORM_TYPE,
     PUBLISH_OPTIONS_FORM_TYPE,
     PUBLISH_OPTIONS_FORM_TYPES,
     SUMMARY_FORM_TYPE,
@@ -18,6 +19,7 @@ from .stanza import (
 
 __all__ = [
     "NS",
+    "PAGE_FORM_TYPE",
     "PUBLISH_OPTIONS_FORM_TYPE",
     "PUBLISH_OPTIONS_FORM_TYPES",
     "SUMMARY_FORM_TYPE",
@@ -27,6 +29,7 @@ __all__ = [
     "Encrypted",
     "MalformedPublish",
     "Notification",
+    "PageFields",
     "Publish",
     "PushJingle",
     "PushPriority",

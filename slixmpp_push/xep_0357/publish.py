@@ -12,6 +12,12 @@ it would make ejabberd drop the registration over one long message), while a
 field no conforming server sends that long (a sender longer than a JID can be,
 an encrypted blob beyond any payload, a publish-options value beyond 4096
 bytes) is refused as malformed, naming it.
+
+A pager's page form (:data:`~slixmpp_push.xep_0357.stanza.PAGE_FORM_TYPE`) is read
+into :class:`PageFields` beside the notification, never into it: whether it counts
+depends on who published, which the app server decides after the look-up. It is
+read leniently (cut, or a field left out, never refused), since a stranger's page
+form is ignored rather than answered with an error.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .stanza import (
     NS_ENCRYPT,
     NS_JINGLE,
     NS_PRIORITY,
+    PAGE_FORM_TYPE,
     PUBLISH_OPTIONS_FORM_TYPES,
     SUMMARY_FORM_TYPE,
 )
@@ -48,16 +55,44 @@ MAX_BODY_BYTES = 4096
 MAX_JID_BYTES = 3071
 #: The largest payload (an APNs VoIP push): an encrypted blob beyond it never fits.
 MAX_ENCRYPTED_BYTES = 5120
+_PRIORITIES = {priority.value: priority for priority in Priority}
 
 
 class MalformedPublish(ValueError):
     """The publish cannot be understood; answered with ``modify/bad-request``."""
 
 
+@dataclass(slots=True, frozen=True)
+class PageFields:
+    """What a pager says about its page: honoured only from a trusted publisher.
+
+    Applied, they make a page published by a remote pager render as one the pager
+    inside the app server sends (:mod:`slixmpp_push.payloads`): the page's title, its
+    priority (critical or time-sensitive alerts, high priority on FCM) and its
+    collapse key. ``body`` follows the app's ``include_body`` like any page's.
+    """
+
+    title: str
+    body: str | None = None
+    priority: Priority | None = None  # None: the publish's own (Tigase) priority
+    key: str | None = None
+
+    def apply(self, notification: Notification) -> None:
+        """Make ``notification`` the page's push (the summary's text was for other app
+        servers, which cannot read this form)."""
+        notification.title = self.title
+        notification.body = self.body
+        if self.priority is not None:
+            notification.priority = self.priority
+        notification.collapse_key = self.key
+
+
 @dataclass(slots=True)
 class Publish:
     node: str
     notification: Notification
+    #: A page form, whoever sent it: the app server applies it only for a trusted publisher.
+    page: PageFields | None = None
 
 
 def form_values(form: Element | None) -> dict[str, str]:
@@ -92,10 +127,22 @@ def _bounded(value: str | None, field: str, limit: int = MAX_FIELD_BYTES) -> str
     return value
 
 
-def _cut(body: str) -> str:
-    if not too_long(body, MAX_BODY_BYTES):
-        return body
-    return body.encode()[:MAX_BODY_BYTES].decode(errors="ignore")
+def _cut(text: str, limit: int = MAX_BODY_BYTES) -> str:
+    if not too_long(text, limit):
+        return text
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def _page(fields: dict[str, str]) -> PageFields | None:
+    """The page form's fields, bounded; None when it has no title (nothing to show)."""
+    title = fields.get("title", "").strip()
+    if not title:
+        return None
+    body = fields.get("body")
+    key = fields.get("key")
+    return PageFields(title=_cut(title, MAX_FIELD_BYTES), body=_cut(body) if body else None,
+                      priority=_PRIORITIES.get(fields.get("priority", "").strip()),
+                      key=_cut(key, MAX_FIELD_BYTES) if key else None)
 
 
 def parse_publish(iq: Element) -> Publish:
@@ -111,9 +158,14 @@ def parse_publish(iq: Element) -> Publish:
         raise MalformedPublish("no urn:xmpp:push:0 notification in the published item")
 
     notification = Notification(received_at=time.time())
+    page: PageFields | None = None
     for form in element.iterfind(f"{_DATA}x"):
         fields = form_values(form)
-        if fields.get("FORM_TYPE", SUMMARY_FORM_TYPE) != SUMMARY_FORM_TYPE:
+        kind = fields.get("FORM_TYPE", SUMMARY_FORM_TYPE)
+        if kind == PAGE_FORM_TYPE:
+            page = _page(fields)
+            continue
+        if kind != SUMMARY_FORM_TYPE:
             continue
         notification.message_count = _count(fields.get("message-count"), "message-count")
         notification.pending_subscriptions = _count(
@@ -160,4 +212,4 @@ def parse_publish(iq: Element) -> Publish:
         for var, value in values.items():
             _bounded(value, var)
         notification.publish_options = values
-    return Publish(node=node, notification=notification)
+    return Publish(node=node, notification=notification, page=page)

@@ -28,6 +28,12 @@ NS_FILTER_GROUPCHAT = "tigase:push:filter:groupchat:0"
 NS_FILTER_MUTED = "tigase:push:filter:muted:0"
 NS_FILTER_IGNORE_UNKNOWN = "tigase:push:filter:ignore-unknown:0"
 
+#: Our own data form in a publish's ``<notification>``, beside the summary: what a pager
+#: says about its page (``title``, ``body``, ``priority``, ``key``). Other app servers
+#: ignore a form of a FORM_TYPE they do not know; ours honours it only from a trusted
+#: publisher (see :class:`~slixmpp_push.xep_0357.publish.PageFields`).
+PAGE_FORM_TYPE = "https://codeberg.org/slixmpp-push/slixmpp-push/protocol/page"
+
 
 class Enable(ElementBase):
     """``<enable jid node [away]>``: turn push on at the user's own server."""

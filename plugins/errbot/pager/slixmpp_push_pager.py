@@ -15,8 +15,9 @@ a private client that never connects: pages are kept in memory and reach nobody.
 
 Configuration: slixmpp-push's ``[notifier]`` section as a dict (``policies``,
 ``default_policy``, ``groups``, ``remotes``, ``responders``, ``chat``), checked by
-the same reader. From ``!plugin config SlixmppPushPager {...}`` (errbot stores it),
-or else from ``SLIXMPP_PUSH_PAGER = {...}`` in errbot's ``config.py``.
+the same reader; ``omemo`` and ``muc`` are refused (errbot's connection carries the
+chat). From ``!plugin config SlixmppPushPager {...}`` (errbot stores it), or else from
+``SLIXMPP_PUSH_PAGER = {...}`` in errbot's ``config.py``.
 
 Threads: the notifier lives on the client's event loop; commands run in errbot's
 threads and hand their work over to it. ``activate()`` and ``deactivate()`` never
@@ -42,7 +43,7 @@ from slixmpp import JID, ClientXMPP
 
 # Importing slixmpp_push registers push_notifier with slixmpp.
 from slixmpp_push import ConfigError, MemoryStore, Priority, PushNotifier, TinyDBStore
-from slixmpp_push.notifier.config import read_notifier
+from slixmpp_push.notifier.config import NotifierSettings, read_notifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +64,15 @@ CONFIG_EXAMPLE: dict[str, Any] = {
                "managers": ["lead@example.org"]},
     "default_policy": "oncall",
     "responders": [],
+}
+# [notifier] keys of a pager that owns its connection: here errbot's connection and
+# commands carry the chat, so each is refused rather than silently ignored.
+REFUSED_KEYS = {
+    "omemo": "is not used by the errbot pager: its chat messages go over errbot's "
+             "connection, unencrypted (OMEMO-encrypted pages need slixmpp-push serve with "
+             "[notifier.omemo]); remove it",
+    "muc": "is not used by the errbot pager: pages go to people, never to a room (errbot "
+           "joins rooms itself, CHATROOM_PRESENCE, and its commands work there); remove it",
 }
 
 
@@ -98,6 +108,15 @@ class PageRequest(NamedTuple):  # not a dataclass: errbot loads plugins outside 
         title = " ".join(words)
         # The same title pages once: a second !page finds the open page.
         return cls(title, body.strip(), priority, key or f"errbot:{title.lower()}", policy)
+
+
+def read_settings(configuration: Mapping[str, Any], base: Path) -> NotifierSettings:
+    """The pager's configuration, checked by slixmpp-push's ``[notifier]`` reader, less
+    the keys that have no use under errbot (:data:`REFUSED_KEYS`)."""
+    for key, why in REFUSED_KEYS.items():
+        if key in configuration:
+            raise ConfigError(f"notifier.{key}", why)
+    return read_notifier(dict(configuration), base)
 
 
 class Activation(NamedTuple):
@@ -141,7 +160,7 @@ class SlixmppPushPager(BotPlugin):
 
     def check_configuration(self, configuration: Mapping[str, Any]) -> None:
         try:
-            read_notifier(dict(configuration), self._base())
+            read_settings(configuration, self._base())
         except ConfigError as exc:
             raise ValidationException(str(exc)) from exc
 
@@ -160,7 +179,7 @@ class SlixmppPushPager(BotPlugin):
             raise ValidationException(f"{where}: must be a dict like the example "
                                       f"{self._bot.prefix}plugin config {self.name} shows")
         try:
-            read_notifier(dict(value), self._base())
+            read_settings(value, self._base())
         except ConfigError as exc:
             raise ValidationException(f"{where}: {exc}") from exc
         return dict(value)
@@ -172,7 +191,7 @@ class SlixmppPushPager(BotPlugin):
 
     # -- life cycle -----------------------------------------------------------------------
     def activate(self) -> None:
-        config = read_notifier(dict(self.config or {}), self._base()).plugin_config()
+        config = read_settings(self.config or {}, self._base()).plugin_config()
         config["chat_commands"] = False  # errbot answers chat: see answer_page for 'ack ID'
         client = errbot_client(self._bot)
         if client is not None:

@@ -23,7 +23,11 @@ and deaf. And it retries a refused login forever without saying why.
   ping not answered within ``ping_timeout`` means the stream is stuck: the
   connection is aborted and a new one made;
 - it reports each state to :class:`~slixmpp_push.metrics.Metrics`, so that
-  ``/health`` is ready only while the stream is usable, and says why not.
+  ``/health`` is ready only while the stream is usable, and says why not;
+- before every connection it awaits ``before_connect`` when given: an active
+  instance of several confirms it still holds its lock
+  (:meth:`~slixmpp_push.active_lock.ActiveLock.confirm`), whose error ends ``run``;
+  a reconnection must never take the component from the instance that took over.
 
 A component pings its own JID: the server routes the ping back to us and our
 XEP-0199 handler answers it, so the round trip crosses the stream both ways
@@ -37,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slixmpp import JID
@@ -77,7 +82,8 @@ REFUSALS = frozenset({"not-authorized", "host-unknown", "improper-addressing",
 class StreamKeeper:
     """Connects ``xmpp`` as ``settings`` say, keeps it connected, reports to ``metrics``.
 
-    ``run(stopping)`` returns once ``stopping`` is set; the caller disconnects.
+    ``run(stopping, before_connect)`` returns once ``stopping`` is set; the caller
+    disconnects. An error of ``before_connect`` ends it.
     ``session`` is set while a session is up.
     """
 
@@ -154,11 +160,14 @@ class StreamKeeper:
         self._gone.set()
 
     # -- the connection loop ---------------------------------------------------------
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: asyncio.Event,
+                  before_connect: Callable[[], Awaitable[None]] | None = None) -> None:
         delay = RECONNECT_FIRST_DELAY
         loop = asyncio.get_running_loop()
         quiet = False  # after a failed login the retries are logged by the diagnosis
         while not stopping.is_set():
+            if before_connect is not None:
+                await before_connect()
             self._gone.clear()
             self._had_session = self._auth_refused = False
             self._ended = self._stuck = self._condition = ""

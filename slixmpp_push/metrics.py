@@ -26,6 +26,8 @@ apns_certificate_expiry_timestamp_seconds  gauge      app
 store_journal_bytes                        gauge      (compaction failing: it grows)
 store_write_failures_total                 counter    (disk full, I/O errors)
 ready                                      gauge      (1 when /health/ready answers 200)
+active                                     gauge      (1 active, 0 a standby: another serve is)
+takeovers_total                            counter    (became active after waiting as a standby)
 provider_credentials_refused               gauge      app (1 from a refusal to an answer)
 =========================================  =========  ==============================
 
@@ -246,6 +248,16 @@ class Metrics:
         self.certificate_expiry = Gauge(PREFIX + "apns_certificate_expiry_timestamp_seconds",
                                         "Expiry (UNIX time) of an APNs client certificate",
                                         ["app"], registry=r)
+        # With a PostgreSQL store one serve is active and the others wait (active_lock);
+        # any other app server is active from the start.
+        self.active = Gauge(PREFIX + "active", "1 while this instance serves; 0 while it "
+                            "waits as a standby (another instance on its database is active)",
+                            registry=r)
+        self.active.set(1)
+        self.takeovers = Counter(PREFIX + "takeovers",
+                                 "Times this instance became the active one after waiting as "
+                                 "a standby (the active one stopped or was lost)", registry=r)
+        self.standby = ""  # while a standby: who is active instead, or why it cannot tell
         self.providers: dict[str, ProviderHealth] = {}
         # labels() costs a lookup and a lock per call: keep the children at hand.
         self._request_children: dict[tuple[str, str, str], Any] = {}
@@ -315,6 +327,16 @@ class Metrics:
         self.xmpp_problem = "" if connected else (problem or "not connected")
         self.connected.set(1 if connected else 0)
 
+    def set_standby(self, why: str) -> None:
+        """Waiting as a standby; ``why`` names the active instance (or the trouble)."""
+        self.standby = why
+        self.active.set(0)
+
+    def set_active(self) -> None:
+        """This instance serves (it holds its database's active lock)."""
+        self.standby = ""
+        self.active.set(1)
+
     def watch_certificate(self, app: str, cert_file: str) -> None:
         """Expose the expiry of an APNs client certificate (PEM with cert and key)."""
         from cryptography import x509
@@ -336,10 +358,12 @@ class Metrics:
                            "problem": h.problem(now)}
                      for app, h in sorted(self.providers.items())}
         store_problem = self.store_status.problem()  # not writable, or journal too long
-        ready = (connected and not store_problem
+        ready = (connected and not store_problem and not self.standby
                  and not any(p["problem"] for p in providers.values()))
+        role: dict[str, object] = {"role": "standby", "standby": self.standby} \
+            if self.standby else {"role": "active"}
         return ready, {
-            "live": True, "ready": ready, "xmpp_connected": connected,
+            "live": True, "ready": ready, **role, "xmpp_connected": connected,
             "xmpp": {"connected": connected, "problem": self.xmpp_problem},
             "store": {**self.store_status.details(), "problem": store_problem},
             "providers": providers, "uptime_seconds": round(time.time() - self.started, 1),

@@ -4,6 +4,16 @@ Builds the XMPP object (an XEP-0114 component or a client account), opens
 the store and the providers *before* connecting, so that a bad key or an
 unreadable store stops start-up with a clear message, then stays connected
 (reconnecting with backoff) until SIGTERM or SIGINT.
+
+With a PostgreSQL store, several ``serve`` processes may share the database: one is
+active, the others wait as standbys (:mod:`~slixmpp_push.active_lock`) with only
+``/health`` and ``/metrics`` up, neither the store opened nor XMPP connected. The one
+that takes over loads the store as the last active one left it. An active one that
+loses its lock stops and raises :class:`StoreError` (``serve`` exits 1): it cannot know
+whether a standby has taken over, and a restart by the service manager finds out safely
+(it comes back as the standby, or as the active one). Going back to standby in the same
+process would have to rebuild every part (the XMPP object, plugins, providers, store)
+and trust that nothing of the last term lingers: a fresh process is sure of it.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp.basexmpp import BaseXMPP
@@ -21,10 +31,14 @@ from slixmpp.basexmpp import BaseXMPP
 from .appserver import PushAppServer
 from .config import Config, listen_error
 from .connection import StreamKeeper
+from .errors import StoreError
 from .metrics import Metrics
 from .providers import Provider
 from .status_http import StatusServer
-from .store import Store, create_store
+from .store import Store, create_store, is_database_url
+
+if TYPE_CHECKING:
+    from .active_lock import ActiveLock
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +116,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     A start-up failure (store, providers, a listen address) stops what had
     started and raises: a ConfigError names the key, a StoreError the file, a
     LoginRefused what the XMPP server refused (the first login only; later
-    refusals are retried).
+    refusals are retried). With a PostgreSQL store it first waits as a standby
+    until it holds the active lock (a signal meanwhile just returns), and raises
+    StoreError when it loses that lock.
     """
     metrics = Metrics()
     xmpp = build_xmpp(config, providers, metrics)
@@ -114,13 +130,23 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     stopping = asyncio.Event()
     started: list[Any] = []  # what to stop, in reverse order
     connection: asyncio.Future[None] | None = None
+    lock: ActiveLock | None = None
+    loop = asyncio.get_running_loop()
+    # Before anything that waits: a standby must stop at once on SIGTERM.
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
     try:
-        await appserver.start()
-        started.append(appserver)
-        if config.metrics_listen is not None:
+        if config.metrics_listen is not None:  # first: a standby answers /health too
             status = StatusServer(metrics, *config.metrics_listen)
             await _listening("metrics.listen", config.metrics_listen, status.start())
             started.append(status)
+        if is_database_url(config.store):
+            lock = await _become_active(config, metrics, stopping)
+            if lock is None:
+                return  # stopped while a standby
+        await appserver.start()
+        started.append(appserver)
         if config.notifier is not None:
             await plugins["push_notifier"].start()
             started.append(plugins["push_notifier"])
@@ -131,16 +157,20 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
                 started.append(receiver)  # its stop() also undoes a half-done start
                 await _listening("ingest.listen", (config.ingest.host, config.ingest.port),
                                  receiver.start())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stopping.set)
-        connection = asyncio.ensure_future(keeper.run(stopping))
-        signalled = asyncio.ensure_future(stopping.wait())
+        connection = asyncio.ensure_future(
+            keeper.run(stopping, before_connect=lock.confirm if lock is not None else None))
+        ends = [connection, asyncio.ensure_future(stopping.wait())]
+        if lock is not None:
+            ends.append(asyncio.ensure_future(lock.lost.wait()))
         try:
-            await asyncio.wait((connection, signalled), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            signalled.cancel()
+            for end in ends[1:]:
+                end.cancel()
+        if lock is not None and lock.lost.is_set() and not stopping.is_set():
+            xmpp.abort()  # not one more publish answered: a standby may be active already
+            raise StoreError(f"{lock.problem}: stopped serving (the service manager starts "
+                             "this instance again, as a standby if another is active)")
         if connection.done():
             connection.result()  # a LoginRefused: the finally below stops the rest
     finally:
@@ -156,6 +186,35 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await connection
+        if lock is not None:
+            await lock.release()  # last: a standby starts once this one stopped writing
+
+
+async def _become_active(config: Config, metrics: Metrics,
+                         stopping: asyncio.Event) -> ActiveLock | None:
+    """Wait as a standby until this process holds the database's active lock for its
+    JID; None when ``stopping`` was set first (nothing is left open)."""
+    from .active_lock import ActiveLock
+
+    lock = ActiveLock(config.store, config.xmpp.jid, metrics, password=config.store_password)
+    acquiring = asyncio.ensure_future(lock.acquire())
+    signalled = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((acquiring, signalled), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+    if acquiring.cancelled():
+        log.info("stopping (a standby)")
+        return None
+    acquiring.result()  # a StoreError: the database refused the login, or has no such name
+    if stopping.is_set():  # the lock came with the signal: let it go again
+        await lock.release()
+        return None
+    return lock
 
 
 async def _listening(key: str, address: tuple[str, int], start: Awaitable[None]) -> None:

@@ -6,7 +6,8 @@
     GET /health/ready   200 when the XMPP stream answers pings and the store is writable (its
                         journal within bound: see StoreStatus.problem), and no provider
                         fails every request or has its credentials refused
-                        (ProviderHealth.problem)
+                        (ProviderHealth.problem); 503 "not ready: standby" while another
+                        instance is the active one (active_lock)
 
 Deliberately tiny (no framework): one request per connection, GET/HEAD only,
 bounded request size and time, so a scraper or a port scanner cannot hurt
@@ -79,7 +80,15 @@ class StatusServer:
             ready, details = self.metrics.health()
             status = "200 OK" if ready else "503 Service Unavailable"
             if path == "/health/ready":
-                return status, "text/plain", b"ready\n" if ready else b"not ready\n"
+                # A standby is healthy but must not get traffic: say so, for whoever
+                # looks at a load balancer's view or curls it.
+                if ready:
+                    body = b"ready\n"
+                elif details["role"] == "standby":
+                    body = b"not ready: standby\n"
+                else:
+                    body = b"not ready\n"
+                return status, "text/plain", body
             return status, "application/json", json.dumps(details).encode() + b"\n"
         if path == "/health/live":
             return "200 OK", "text/plain", b"live\n"

@@ -11,7 +11,7 @@ import pytest_asyncio
 from fakes.fake_apns import FakeApns
 from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
-from postgres import postgres_server, postgres_url  # noqa: F401
+from postgres import own_postgres, postgres_server, postgres_url  # noqa: F401
 from servers import (  # noqa: F401
     ejabberd2412_server,
     ejabberd_server,

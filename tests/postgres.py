@@ -243,6 +243,12 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A cluster of the test's own, for tests that stop and start it."""
+    yield from private_postgres()
+
+
+@pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh database of the session's cluster, for the superuser."""
     name = postgres_server.create_database()

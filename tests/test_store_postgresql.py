@@ -18,7 +18,7 @@ import pytest
 from e2e import APNS_APP, apns_app, enable, execute, running_appserver, send_chat
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
-from postgres import PASSWORD_ROLE, PostgresServer, private_postgres, until
+from postgres import PASSWORD_ROLE, PostgresServer, until
 from servers import Connections, disconnect, make_account
 from test_store import AWKWARD, reg
 
@@ -44,12 +44,6 @@ def database_of(url: str) -> str:
 async def cli(argv: list[str]) -> int:
     """``slixmpp-push`` (which runs its own event loop) from an async test: in a thread."""
     return await asyncio.to_thread(main, argv)
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A cluster of this test's own, for tests that stop it."""
-    yield from private_postgres()
 
 
 @pytest.fixture
@@ -496,8 +490,9 @@ async def test_appserver_on_postgresql_and_a_registration_removed_by_another_ins
 async def test_serve_on_a_database(prosody_server: ProsodyServer, postgres_server: PostgresServer,
                                    password_url: str, password_file: Path, tmp_path: Path,
                                    ) -> None:
-    """``serve`` opens the configured database with the password from its file, and a
-    database it cannot reach stops it at start with one line."""
+    """``serve`` opens the configured database with the password from its file; a
+    database that refuses the login stops it at start with one line, and one it cannot
+    reach is waited for (as a standby: docs/deploy.md, high availability)."""
     spec = prosody_server.component
     (tmp_path / "secret").write_text(spec.secret)
 
@@ -509,15 +504,25 @@ async def test_serve_on_a_database(prosody_server: ProsodyServer, postgres_serve
                         '[apps.ios]\ntype = "console"\n')
         return path
 
-    unreachable = "postgresql://pushpw@127.0.0.1:1/push"
+    no_such = password_url.rsplit("/", 1)[0] + "/no_such_database"
     served = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "slixmpp_push.cli", "serve", "--config", str(config(unreachable)),
+        sys.executable, "-m", "slixmpp_push.cli", "serve", "--config", str(config(no_such)),
         stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(served.communicate(), 60)
     assert served.returncode == 1
-    assert err.decode().splitlines() == [
-        f"slixmpp-push: store error: {unreachable}: cannot connect: Connect call failed "
-        "('127.0.0.1', 1)"]
+    (line,) = err.decode().splitlines()
+    assert line.startswith(f"slixmpp-push: store error: {no_such}: ")
+    assert 'database "no_such_database" does not exist' in line
+
+    unreachable = "postgresql://pushpw@127.0.0.1:1/push"
+    waiting = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "slixmpp_push.cli", "serve", "--config", str(config(unreachable)),
+        stderr=asyncio.subprocess.PIPE)
+    assert waiting.stderr is not None
+    said = (await asyncio.wait_for(waiting.stderr.readline(), 30)).decode()
+    assert "database unreachable: " in said and "Connect call failed" in said, said
+    waiting.terminate()  # a standby stops at once, and cleanly
+    assert await asyncio.wait_for(waiting.wait(), 30) == 0
 
     store = create_store(password_url, password=postgres_server.password)
     await store.open()

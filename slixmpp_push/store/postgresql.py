@@ -537,15 +537,22 @@ class PostgresStore(Store):
 
     # -- messages -----------------------------------------------------------------------
     def _describe(self, exc: BaseException) -> str:
-        """One line for a failure to connect or to run a statement (no traceback)."""
-        if isinstance(exc, StoreError):
-            return str(exc)
-        if isinstance(exc, TimeoutError):
-            return f"{self.where}: no answer within {self.command_timeout:g} s"
-        if isinstance(exc, OSError):
-            return f"{self.where}: cannot connect: {exc.strerror or exc}"
-        if isinstance(exc, asyncpg.InvalidPasswordError) and self._password is None:
-            return f"{self.where}: {exc} (no password was given)"
-        if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-            return f"{self.where}: {exc}"
-        return f"{self.where}: {type(exc).__name__}: {exc}"
+        return describe_failure(self.where, exc, timeout=self.command_timeout,
+                                password_given=self._password is not None)
+
+
+def describe_failure(where: str, exc: BaseException, *, timeout: float,
+                     password_given: bool) -> str:
+    """One line for a failure to connect to ``where`` or to run a statement there (no
+    traceback); ``timeout`` is the one that expired, for a TimeoutError."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"{where}: no answer within {timeout:g} s"
+    if isinstance(exc, OSError):
+        return f"{where}: cannot connect: {exc.strerror or exc}"
+    if isinstance(exc, asyncpg.InvalidPasswordError) and not password_given:
+        return f"{where}: {exc} (no password was given)"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return f"{where}: {exc}"
+    return f"{where}: {type(exc).__name__}: {exc}"

@@ -91,13 +91,18 @@ def _owner() -> str | None:
 
 
 class PostgresServer:
-    """One private cluster; :meth:`start` makes it the first time, then restarts it."""
+    """One private cluster; :meth:`start` makes it the first time, then restarts it.
 
-    def __init__(self) -> None:
+    It runs with ``fsync=off`` (the tests need no crash safety, and go faster) unless
+    ``durable``: then with the server's defaults, as in production (the benchmarks).
+    """
+
+    def __init__(self, durable: bool = False) -> None:
         bindir = postgres_bindir()
         if bindir is None:
             raise RuntimeError(INSTALL_HINT)
         self.bindir = bindir
+        self.durable = durable
         self.user = _owner()
         self.folder = Path(tempfile.mkdtemp(prefix="slixmpp-push-pg-"))
         self.data = self.folder / "data"
@@ -158,8 +163,9 @@ class PostgresServer:
             if first or not self.port:
                 self.port = _free_ports(1, self.host)[0]
             options = (f"-c listen_addresses={self.host} -c port={self.port} "
-                       f"-c unix_socket_directories={self.sockets} -c fsync=off "
-                       "-c full_page_writes=off")
+                       f"-c unix_socket_directories={self.sockets}")
+            if not self.durable:
+                options += " -c fsync=off -c full_page_writes=off"
             try:
                 self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data),
                           "-l", str(self.log), "-o", options)

@@ -36,6 +36,14 @@ COMMANDS = "http://jabber.org/protocol/commands"
 STANDARD_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 
 
+def apns_app_toml(key: object, endpoint: str, ca_file: object) -> str:
+    """The ``[apps."…"]`` table of a ``push.toml`` for the APNs app pointed at a fake
+    (the config-file twin of :func:`apns_app`), for tests that run ``serve``."""
+    return (f'[apps."{APNS_APP}"]\ntype = "apns"\ntopic = "{TOPIC}"\n'
+            f'environment = "sandbox"\nkey_file = "{key}"\nkey_id = "{KEY_ID}"\n'
+            f'team_id = "{TEAM_ID}"\nendpoint = "{endpoint}"\nca_file = "{ca_file}"\n')
+
+
 def apns_app(endpoint: str, ca: TestCA, key: Path) -> AppConfig:
     return AppConfig(id=APNS_APP, type="apns", topic=TOPIC, key_file=str(key), key_id=KEY_ID,
                      team_id=TEAM_ID, endpoint=endpoint, ca_file=str(ca.ca_file),

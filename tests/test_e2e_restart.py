@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e import APNS_APP, KEY_ID, TEAM_ID, TOPIC, enable, execute, send_chat
+from e2e import APNS_APP, apns_app_toml, enable, execute, send_chat
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from servers import Connections, disconnect, make_account
@@ -54,15 +54,7 @@ format = "json"
 retry_base = 0.3
 retry_max_delay = 1.0
 
-[apps."{APNS_APP}"]
-type = "apns"
-topic = "{TOPIC}"
-environment = "sandbox"
-key_file = "{key}"
-key_id = "{KEY_ID}"
-team_id = "{TEAM_ID}"
-endpoint = "{fake.endpoint}"
-ca_file = "{ca.ca_file}"
+{apns_app_toml(key, fake.endpoint, ca.ca_file)}
 """)
     return config
 

@@ -54,7 +54,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 from devservers import Prosody13Server
-from e2e import APNS_APP, KEY_ID, TEAM_ID, TOPIC, execute
+from e2e import APNS_APP, apns_app_toml, execute
 from fakes.control import FakeProcess
 from fakes.recording_apns import RecordedAnswers
 from fakes.xmpp_server import publish_iq
@@ -200,15 +200,7 @@ retry_base = 0.1
 retry_max_delay = 0.4
 rate_interval = 0
 
-[apps."{APNS_APP}"]
-type = "apns"
-topic = "{TOPIC}"
-environment = "sandbox"
-key_file = "{key}"
-key_id = "{KEY_ID}"
-team_id = "{TEAM_ID}"
-endpoint = "127.0.0.1:{apns_port}"
-ca_file = "{ca_file}"
+{apns_app_toml(key, f"127.0.0.1:{apns_port}", ca_file)}
 """)
     return config
 

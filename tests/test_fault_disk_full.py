@@ -38,7 +38,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
-from e2e import APNS_APP, KEY_ID, TEAM_ID, TOPIC
+from e2e import APNS_APP, apns_app_toml
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from fakes.xmpp_server import (
@@ -135,15 +135,7 @@ listen = "127.0.0.1:{metrics_port}"
 [logging]
 level = "INFO"
 
-[apps."{APNS_APP}"]
-type = "apns"
-topic = "{TOPIC}"
-environment = "sandbox"
-key_file = "{key}"
-key_id = "{KEY_ID}"
-team_id = "{TEAM_ID}"
-endpoint = "{apns.endpoint}"
-ca_file = "{ca.ca_file}"
+{apns_app_toml(key, apns.endpoint, ca.ca_file)}
 
 [apps."{FCM_CONSOLE}"]
 type = "console"

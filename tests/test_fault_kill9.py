@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from e2e import APNS_APP, KEY_ID, TEAM_ID, TOPIC
+from e2e import APNS_APP, apns_app_toml
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from fakes.xmpp_server import (
@@ -127,15 +127,7 @@ rate_interval = 0
 [logging]
 level = "INFO"
 
-[apps."{APNS_APP}"]
-type = "apns"
-topic = "{TOPIC}"
-environment = "sandbox"
-key_file = "{key}"
-key_id = "{KEY_ID}"
-team_id = "{TEAM_ID}"
-endpoint = "{fake.endpoint}"
-ca_file = "{ca.ca_file}"
+{apns_app_toml(key, fake.endpoint, ca.ca_file)}
 """)
     return config
 

@@ -29,6 +29,12 @@ app servers can share one database.
   Its server process, still waiting for the lock, sees the client gone within
   ``client_connection_check_interval`` (1 s; PostgreSQL 14 and later) or else at the end
   of the wait's slice, and ends: a lock granted to it meanwhile goes with it.
+
+The same class takes a lock for another purpose, keyed apart (:func:`lock_key`):
+``purpose="pager"`` is the lock of the instance that runs the page escalations when
+several serve at once (all-active, :mod:`slixmpp_push.pager_leader`). Its waiting, taking
+and losing show in the ``pager_leader`` gauge and in ``pager:`` log lines, never in the
+serving metrics, health or ``standby:`` lines (:class:`_Serving`, :class:`_Pager`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import hashlib
 import logging
 import os
 import socket
+from typing import Protocol
 
 import asyncpg
 
@@ -79,9 +86,15 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 """
 
 
-def lock_key(name: str) -> int:
-    """The advisory lock key of the app server ``name`` (its JID): a signed 64-bit number."""
-    digest = hashlib.blake2b(f"slixmpp-push active {name}".encode(), digest_size=8).digest()
+#: The lock's purposes: serving (one active ``serve``), running page escalations.
+SERVING = "active"
+PAGER = "pager"
+
+
+def lock_key(name: str, purpose: str = SERVING) -> int:
+    """The advisory lock key of the app server ``name`` (its JID) for ``purpose``: a signed
+    64-bit number."""
+    digest = hashlib.blake2b(f"slixmpp-push {purpose} {name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -91,24 +104,120 @@ def session_name() -> str:
     return f"slixmpp-push pid {os.getpid()} on {socket.gethostname()}"[:63]
 
 
+class _Role(Protocol):
+    """What holding the lock means to metrics and log lines, for one purpose."""
+
+    def held_by(self, who: str) -> str:
+        """The waiting line's words for who holds it."""
+        ...
+
+    def waiting(self, why: str, level: int, new: bool) -> None:
+        """Not holding it, because of ``why`` (logged at ``level`` when ``new``)."""
+        ...
+
+    def holding(self, where: str, waited: float | None) -> None:
+        """Holding it now; ``waited``: seconds spent waiting (None: it was free)."""
+        ...
+
+    def lost(self, problem: str, reason: str) -> None:
+        """It was lost (``problem``: the whole sentence; ``reason``: why)."""
+        ...
+
+    def released(self) -> None:
+        """Let go on purpose."""
+        ...
+
+
+class _Serving:
+    """The serving lock: the active ``serve`` and its standbys (``active``,
+    ``takeovers_total``, /health's role, ``standby:`` lines)."""
+
+    def __init__(self, name: str, metrics: Metrics) -> None:
+        self.name = name
+        self.metrics = metrics
+
+    def held_by(self, who: str) -> str:
+        return f"{self.name} is served by {who}"
+
+    def waiting(self, why: str, level: int, new: bool) -> None:
+        self.metrics.set_standby(why)
+        if new:
+            log.log(level, "standby: %s", why)
+
+    def holding(self, where: str, waited: float | None) -> None:
+        self.metrics.set_active()
+        if waited is not None:  # it was a standby: for another instance, or the database
+            self.metrics.takeovers.inc()
+            log.info("taking over %s: this instance is the active one now (a standby for "
+                     "%.1f s)", self.name, waited)
+        else:
+            log.info("active for %s (holding its lock in %s)", self.name, where)
+
+    def lost(self, problem: str, reason: str) -> None:
+        log.error("%s; stopping: a standby may be active already", problem)
+        self.metrics.set_standby(f"lost the active lock: {reason}")
+
+    def released(self) -> None:
+        pass
+
+
+class _Pager:
+    """The pager lock (all-active): the instance that runs the page escalations
+    (``pager_leader``, ``pager:`` lines); the others serve all the same."""
+
+    def __init__(self, name: str, metrics: Metrics) -> None:
+        self.name = name
+        self.metrics = metrics
+
+    def held_by(self, who: str) -> str:
+        return f"the page escalations of {self.name} are run by {who}"
+
+    def waiting(self, why: str, level: int, new: bool) -> None:
+        self.metrics.pager_leader.set(0)
+        if new:
+            log.log(level, "pager: %s", why)
+
+    def holding(self, where: str, waited: float | None) -> None:
+        self.metrics.pager_leader.set(1)
+        log.info("pager: this instance runs the page escalations of %s%s", self.name,
+                 f" now (it waited {waited:.1f} s)" if waited is not None
+                 else f" (holding its lock in {where})")
+
+    def lost(self, problem: str, reason: str) -> None:
+        self.metrics.pager_leader.set(0)
+        log.warning("%s; escalating no more until this instance holds it again", problem)
+
+    def released(self) -> None:
+        self.metrics.pager_leader.set(0)
+
+
+_ROLES: dict[str, type[_Serving] | type[_Pager]] = {SERVING: _Serving, PAGER: _Pager}
+
+
 class ActiveLock:
-    """The advisory lock that makes this process the active app server ``name``.
+    """The advisory lock that makes this process the active app server ``name`` (with
+    ``purpose="pager"``: the one running its page escalations).
 
     ``await acquire()`` returns once it is held (cancel it to give up); meanwhile
     ``metrics`` shows a standby. Then :attr:`lost` is set if the lock connection is
     lost, with :attr:`problem` saying why; :meth:`confirm` raises :class:`StoreError`
-    unless the lock is still held; :meth:`release` lets it go.
+    unless the lock is still held; :meth:`release` lets it go. A lock is taken once: to
+    take it again after losing it, make a new one.
     """
 
     def __init__(self, url: str, name: str, metrics: Metrics, *, password: str | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT,
+                 purpose: str = SERVING, connect_timeout: float = CONNECT_TIMEOUT,
                  ping_interval: float = PING_INTERVAL, ping_timeout: float = PING_TIMEOUT,
                  wait_slice: float = WAIT_SLICE) -> None:
+        if purpose not in _ROLES:
+            raise ValueError(f"no lock purpose {purpose!r} (one of {', '.join(_ROLES)})")
         self.url = url
         self.where = display_url(url)
         self.name = name
-        self.key = lock_key(name)
+        self.purpose = purpose
+        self.key = lock_key(name, purpose)
         self.metrics = metrics
+        self.role: _Role = _ROLES[purpose](name, metrics)
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -156,14 +265,9 @@ class ActiveLock:
         conn = self._conn
         assert conn is not None
         conn.add_termination_listener(self._on_termination)
-        self._pinger = asyncio.create_task(self._ping_loop(conn), name="push-active-lock")
-        self.metrics.set_active()
-        if self._said:  # it was a standby: for another instance, or for the database
-            self.metrics.takeovers.inc()
-            log.info("taking over %s: this instance is the active one now (a standby for "
-                     "%.1f s)", self.name, loop.time() - began)
-        else:
-            log.info("active for %s (holding its lock in %s)", self.name, self.where)
+        self._pinger = asyncio.create_task(self._ping_loop(conn),
+                                           name=f"push-{self.purpose}-lock")
+        self.role.holding(self.where, loop.time() - began if self._said else None)
 
     async def _wait_for_lock(self, conn: asyncpg.Connection) -> None:
         """Until ``conn`` holds the lock; then it is :attr:`_conn`."""
@@ -186,16 +290,15 @@ class ActiveLock:
         unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
         row = await conn.fetchrow(_HOLDER, unsigned >> 32, unsigned & 0xFFFF_FFFF)
         if row is None:
-            return f"{self.name} is served by another instance"
+            return self.role.held_by("another instance")
         who = row["application_name"] or f"database server process {row['pid']}"
         where = f" (from {row['address']})" if row["address"] else ""
-        return f"{self.name} is served by {who}{where}"
+        return self.role.held_by(f"{who}{where}")
 
     def _standby(self, why: str, level: int) -> None:
-        self.metrics.set_standby(why)
-        if why != self._said:  # one line per change, not one per wait
-            self._said = why
-            log.log(level, "standby: %s", why)
+        new = why != self._said  # one line per change, not one per wait
+        self._said = why
+        self.role.waiting(why, level, new)
 
     async def _connect(self) -> asyncpg.Connection:
         settings = {"application_name": session_name(),
@@ -238,8 +341,8 @@ class ActiveLock:
         if self._conn is not None:
             await self._ping(self._conn)
         if self._conn is None or self.lost.is_set():
-            raise StoreError(self.problem or f"{self.where}: the active lock of {self.name} "
-                             "is not held")
+            raise StoreError(self.problem or f"{self.where}: the {self.purpose} lock of "
+                             f"{self.name} is not held")
 
     def _on_termination(self, conn: asyncpg.Connection) -> None:
         if conn is self._conn:
@@ -248,14 +351,16 @@ class ActiveLock:
     def _lose(self, reason: str) -> None:
         if self.lost.is_set() or self._releasing:
             return
-        self.problem = f"lost the connection holding the active lock of {self.name}: {reason}"
-        log.error("%s; stopping: a standby may be active already", self.problem)
-        self.metrics.set_standby(f"lost the active lock: {reason}")
+        self.problem = (f"lost the connection holding the {self.purpose} lock of {self.name}: "
+                        f"{reason}")
+        self.role.lost(self.problem, reason)
         self.lost.set()
 
     async def release(self) -> None:
         """Let the lock go (close its connection): a standby takes over."""
         self._releasing = True
+        if self._conn is not None:
+            self.role.released()
         if self._pinger is not None:
             self._pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -96,6 +96,9 @@ APP_TYPES = ("apns", "fcm", "console")
 COLLAPSE_MODES = ("account", "none")
 #: What ``[logging] level`` and ``serve --log-level`` accept, in any case.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: ``[appserver] instances``: one serves while the others wait, or all serve together.
+ONE_ACTIVE = "one-active"
+ALL_ACTIVE = "all-active"
 
 
 @dataclass(slots=True)
@@ -132,6 +135,8 @@ class Config:
     trusted_publishers: list[str] = field(default_factory=list)
     # seconds a trusted publisher's page suppresses the server's publish for its chat message
     echo_window: float = 15.0
+    # with a database store: "one-active" (the others wait as standbys) or "all-active"
+    instances: str = ONE_ACTIVE
     notifier: NotifierSettings | None = None  # [notifier]: paging
     ingest: ReceiverConfig | None = None  # [ingest]: the alert receiver
     source: Path | None = None
@@ -275,6 +280,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
     admins = _bare_jids(server, "admins")
     trusted_publishers = _bare_jids(server, "trusted_publishers")
     echo_window = server.positive("echo_window", 15.0)
+    instances = _read_instances(server, store, xmpp)
     server.finish()
 
     section = Section(table(data, "delivery", ""), "delivery", base)
@@ -328,7 +334,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> Config:
                   store_journal_limit=int(journal_mb * 1024 * 1024) if journal_mb else None,
                   store_password=store_password,
                   notifier=notifier, ingest=ingest, admins=admins, limits=limits,
-                  trusted_publishers=trusted_publishers, echo_window=echo_window)
+                  trusted_publishers=trusted_publishers, echo_window=echo_window,
+                  instances=instances)
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -431,6 +438,23 @@ def listen_error(key: str, host: str, port: int, exc: OSError) -> ConfigError:
     else:
         problem = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return ConfigError(key, problem)
+
+
+def _read_instances(server: Section, store: str, xmpp: XmppConfig) -> str:
+    """``[appserver] instances``: how several ``serve`` processes on one database share the
+    work. Only a database can be shared, and only a component connection can be balanced."""
+    instances = server.get("instances", str, ONE_ACTIVE)
+    if instances not in (ONE_ACTIVE, ALL_ACTIVE):
+        raise ConfigError(server.key("instances"),
+                          f"must be {ONE_ACTIVE!r} or {ALL_ACTIVE!r}, not {instances!r}")
+    if instances == ALL_ACTIVE and not is_database_url(store):
+        raise ConfigError(server.key("instances"),
+                          f"{ALL_ACTIVE!r} needs a postgresql:// store that the instances share")
+    if instances == ALL_ACTIVE and xmpp.mode != "component":
+        raise ConfigError(server.key("instances"),
+                          f"{ALL_ACTIVE!r} needs xmpp.mode = \"component\" (a server balances "
+                          "several component connections, not one account's)")
+    return instances
 
 
 def _read_store(server: Section) -> tuple[str, str | None]:

@@ -28,7 +28,13 @@ store_write_failures_total                 counter    (disk full, I/O errors)
 ready                                      gauge      (1 when /health/ready answers 200)
 active                                     gauge      (1 active, 0 a standby: another serve is)
 takeovers_total                            counter    (became active after waiting as a standby)
+pager_leader                               gauge      (all-active: 1 on the one escalating pages)
 provider_credentials_refused               gauge      app (1 from a refusal to an answer)
+all_active                                 gauge      (1: [appserver] instances = "all-active")
+lease_takeovers_total                      counter    (all-active: pending notifications of
+                                                      an instance whose lease ran out)
+queue_oldest_seconds                       gauge      (age of the oldest pending notification)
+store_seconds                              histogram  operation (a database round trip)
 =========================================  =========  ==============================
 
 With a pager (``push_notifier``), :class:`PagerMetrics` adds, in the same registry:
@@ -62,6 +68,9 @@ PREFIX = "slixmpp_push_"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 #: How long people take to acknowledge a page: a human answers in seconds to an hour.
 ACK_BUCKETS = (15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200)
+#: Database round trips (a PostgreSQL store, the all-active instances' shared state): a
+#: commit on loopback takes ~0.5 ms, one over a network a few ms; seconds mean trouble.
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 #: The states an active page can be in (pages_open has a series for each, 0 included,
 #: so that an alert on one of them sees 0 rather than nothing).
 PAGE_STATES = ("open", "acked", "exhausted")
@@ -257,6 +266,29 @@ class Metrics:
         self.takeovers = Counter(PREFIX + "takeovers",
                                  "Times this instance became the active one after waiting as "
                                  "a standby (the active one stopped or was lost)", registry=r)
+        # All-active: one instance holds the pager lock and runs page escalations.
+        self.pager_leader = Gauge(PREFIX + "pager_leader", "1 while this instance runs the "
+                                  "page escalations (it holds the pager lock of its database)",
+                                  registry=r)
+        # Alert rules tell the two modes apart: one-active wants exactly one active
+        # instance, all-active at least one (set by StreamKeeper, which connects as one).
+        self.all_active = Gauge(PREFIX + "all_active",
+                                "1 when this instance is one of several that serve together "
+                                "([appserver] instances = \"all-active\")", registry=r)
+        # With several active instances (all-active) a killed one's leases run out and
+        # another takes its pending notifications: each may be sent twice (at least once).
+        self.lease_takeovers = Counter(PREFIX + "lease_takeovers",
+                                       "Pending notifications taken over from another "
+                                       "instance whose lease ran out (it crashed or was cut "
+                                       "off)", registry=r)
+        self.queue_oldest = Gauge(PREFIX + "queue_oldest_seconds",
+                                  "Age of the oldest notification this instance has pending "
+                                  "(0 when none)", registry=r)
+        self.store_seconds = Histogram(PREFIX + "store_seconds",
+                                       "Database round trips by operation (commit, claim, "
+                                       "keep, settle, rate, modify, renew, sweep)",
+                                       ["operation"], buckets=STORE_BUCKETS, registry=r)
+        self._store_children: dict[str, Any] = {}
         self.standby = ""  # while a standby: who is active instead, or why it cannot tell
         self.providers: dict[str, ProviderHealth] = {}
         # labels() costs a lookup and a lock per call: keep the children at hand.
@@ -320,6 +352,14 @@ class Metrics:
             if latency is None:
                 latency = self._latency_children[app] = self.latency.labels(app)
             latency.observe(max(0.0, health.at - received_at))
+
+    def observe_store(self, operation: str, seconds: float) -> None:
+        """A database round trip of ``operation`` took ``seconds`` (the ``observe`` hook of
+        the PostgreSQL store and of the shared state)."""
+        child = self._store_children.get(operation)
+        if child is None:
+            child = self._store_children[operation] = self.store_seconds.labels(operation)
+        child.observe(seconds)
 
     def set_connected(self, connected: bool, problem: str = "") -> None:
         """The stream is usable, or not and why (``problem`` names the cause)."""

@@ -29,7 +29,7 @@ from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp.basexmpp import BaseXMPP
 
 from .appserver import PushAppServer
-from .config import Config, listen_error
+from .config import ALL_ACTIVE, Config, listen_error
 from .connection import StreamKeeper
 from .errors import StoreError
 from .metrics import Metrics
@@ -61,6 +61,12 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         xmpp.register_plugin(plugin)
     store = create_store(config.store, password=config.store_password,
                          journal_limit=config.store_journal_limit)
+    shared = None
+    if config.instances == ALL_ACTIVE:
+        from .store.shared import SharedState
+
+        shared = SharedState(config.store, password=config.store_password,
+                             observe=metrics.observe_store if metrics is not None else None)
     xmpp.register_plugin("push_appserver", {
         "apps": config.apps,
         "store": store,
@@ -73,11 +79,14 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         "limits": config.limits,
         "providers": providers,
         "metrics": metrics,
+        "shared": shared,
     })
     if config.notifier is not None:
         xmpp.register_plugin("xep_0184")  # delivery receipts, recorded on pages
         xmpp.register_plugin("push_notifier", {**config.notifier.plugin_config(),
-                                               "chat_sender": _chat_sender(xmpp, config, store)})
+                                               "chat_sender": _chat_sender(xmpp, config, store),
+                                               # all-active: escalations on the lock holder
+                                               "shared": shared, "leading": shared is None})
     if config.xmpp.mode == "client":
         # Without presence the server keeps messages to the bare JID offline:
         # people's acks would never reach the bot.
@@ -130,6 +139,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     stopping = asyncio.Event()
     started: list[Any] = []  # what to stop, in reverse order
     connection: asyncio.Future[None] | None = None
+    leading: asyncio.Future[None] | None = None  # all-active: the pager's lock, awaited
     lock: ActiveLock | None = None
     loop = asyncio.get_running_loop()
     # Before anything that waits: a standby must stop at once on SIGTERM.
@@ -141,7 +151,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
             status = StatusServer(metrics, *config.metrics_listen)
             await _listening("metrics.listen", config.metrics_listen, status.start())
             started.append(status)
-        if is_database_url(config.store):
+        if config.instances == ALL_ACTIVE:
+            metrics.set_active()  # every instance serves: none waits as a standby
+        elif is_database_url(config.store):
             lock = await _become_active(config, metrics, stopping)
             if lock is None:
                 return  # stopped while a standby
@@ -150,6 +162,12 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         if config.notifier is not None:
             await plugins["push_notifier"].start()
             started.append(plugins["push_notifier"])
+            if config.instances == ALL_ACTIVE:
+                from .pager_leader import lead_pages
+
+                leading = asyncio.ensure_future(lead_pages(
+                    plugins["push_notifier"].engine, config.store, config.xmpp.jid, metrics,
+                    password=config.store_password))
             if config.ingest is not None:
                 from .notifier.ingest import AlertReceiver
 
@@ -178,6 +196,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
             log.info("stopping")
         stopping.set()
         keeper.close()
+        if leading is not None:  # steps the pager down and lets its lock go
+            leading.cancel()
+            await asyncio.gather(leading, return_exceptions=True)
         for part in reversed(started):
             await part.stop()
         with contextlib.suppress(Exception):

@@ -724,6 +724,10 @@ def test_database_store_url_and_its_password_from_a_file_or_the_environment(
      "is only used with a postgresql:// store"),
     ({"store": DATABASE, "store_journal_max_mb": 10}, "appserver.store_journal_max_mb",
      "is only used with a TinyDB store (a file), not a database"),
+    ({"store": DATABASE, "instances": "two"}, "appserver.instances",
+     "must be 'one-active' or 'all-active', not 'two'"),
+    ({"instances": "all-active"}, "appserver.instances",
+     "'all-active' needs a postgresql:// store that the instances share"),
 ])
 def test_database_store_errors_name_the_key(folder: Path, appserver: dict[str, Any], key: str,
                                             problem: str) -> None:
@@ -731,6 +735,19 @@ def test_database_store_errors_name_the_key(folder: Path, appserver: dict[str, A
     assert exc.key == key
     assert exc.problem.startswith(problem.format(folder=folder)), exc.problem
     assert "hunter2" not in str(exc)
+
+
+def test_instances_default_to_one_active_and_all_active_needs_a_component(
+        folder: Path) -> None:
+    assert parse_config(doc(appserver={"store": DATABASE}), folder).instances == "one-active"
+    config = parse_config(doc(appserver={"store": DATABASE, "instances": "all-active"}), folder)
+    assert config.instances == "all-active"
+    client = doc(appserver={"store": DATABASE, "instances": "all-active"})
+    client["xmpp"] = {"mode": "client", "jid": "push@example.org", "password_env": "HOME"}
+    exc = error(client, folder)
+    assert (exc.key, exc.problem) == ("appserver.instances", "'all-active' needs xmpp.mode = "
+                                      "\"component\" (a server balances several component "
+                                      "connections, not one account's)")
 
 
 def test_check_config_of_a_database_store_does_not_connect(

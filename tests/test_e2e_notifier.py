@@ -165,6 +165,13 @@ async def test_bot_publishes_to_a_remote_app_server(
         assert push.body["aps"]["mutable-content"] == 1
         assert push.body["aps"]["alert"] == {"title": "Backup failed"}
         assert push.body["aps"]["interruption-level"] == "time-sensitive"
+        # All-active: the reply may reach another instance of the bot's component, so
+        # the publish is sent without waiting for one; it is delivered all the same.
+        notifier.config["shared"] = object()
+        report = await notifier.notify(["remote:alice-phone"], "Backup failed again", "",
+                                       priority="high")
+        assert report.remote == {"alice-phone": "sent"} and report.delivered == 1
+        await pushes_for(fake_apns, "e7" * 32, 2)
         await notifier.stop()
 
 

@@ -34,7 +34,7 @@ from slixmpp_push.notifier.models import Page
 from slixmpp_push.registrar.dialects import ClientRegistration
 from slixmpp_push.store import TinyDBStore, create_store
 from slixmpp_push.store.base import TABLES
-from slixmpp_push.store.postgresql import SCHEMA_VERSION, PostgresStore
+from slixmpp_push.store.postgresql import CHANNEL, SCHEMA_VERSION, PostgresStore
 
 
 def database_of(url: str) -> str:
@@ -84,7 +84,7 @@ async def test_a_fresh_database_gets_every_table_once_and_a_rerun_changes_nothin
                                        "upgraded from 0\n")
     tables = postgres_server.psql("SELECT table_name FROM information_schema.tables "
                                   "WHERE table_schema = 'public'", database).split()
-    assert sorted(tables) == sorted([*TABLES, "schema_version"])
+    assert sorted(tables) == sorted([*TABLES, "node_rates", "schema_version"])
     triggers = postgres_server.psql("SELECT DISTINCT event_object_table FROM "
                                     "information_schema.triggers", database).split()
     assert sorted(triggers) == sorted(TABLES)  # every table tells the other instances
@@ -177,6 +177,25 @@ async def test_two_stores_see_each_others_changes(postgres_url: str) -> None:
     await reader.open()
     assert reader.table("dead_tokens")["same"] == {"by": "second"}
     await reader.close()
+
+
+async def test_reread_takes_in_a_registration_whose_notification_has_not_come(
+        postgres_url: str) -> None:
+    """The publish path of an all-active instance asks for a node it does not know: it
+    may have been registered through another instance a moment ago."""
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await asyncio.gather(first.open(), second.open())
+    try:
+        assert second._conn is not None
+        await second._conn.remove_listener(CHANNEL, second._on_notification)  # deaf
+        await first.put(reg("n1"))
+        await second.reread("registrations", "n2")  # a node nobody has: nothing changes
+        assert second.get("n1") is None and len(second) == 0
+        await second.reread("registrations", "n1")
+        assert second.get("n1") == reg("n1")
+        assert [r.node for r in second.by_account(reg("n1").account)] == ["n1"]
+    finally:
+        await asyncio.gather(first.close(), second.close())
 
 
 async def test_a_store_with_its_connection_down_reads_back_what_it_missed(

@@ -31,7 +31,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..config import DeliveryPolicy
@@ -42,7 +41,9 @@ from ..models import Dialect, Notification, Registration
 from ..payloads import build_request
 from ..providers.base import Provider
 from ..ratelimit import RateLimiter
-from ..store import PENDING, Store
+from ..store import Store
+from ..store.shared import SharedState
+from .pending import LocalBook, Pending, PendingBook, SharedBook
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +76,7 @@ class QueueFull(Exception):
     """Too many notifications are pending: answer the publish with ``wait``."""
 
 
-@dataclass(slots=True)
-class Pending:
-    registration: Registration
-    notification: Notification
-    attempts: int
-    first_queued: float
-    due: float  # wall clock
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"registration": self.registration.to_doc(),
-                "notification": self.notification.to_doc(), "attempts": self.attempts,
-                "first_queued": self.first_queued, "due": self.due}
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Pending:
-        return cls(Registration.from_doc(doc["registration"]),
-                   Notification.from_doc(doc["notification"]), int(doc["attempts"]),
-                   float(doc["first_queued"]), float(doc["due"]))
-
-
-def _log_failure(task: asyncio.Task[DeliveryResult]) -> None:
+def _log_failure(task: asyncio.Future[Any]) -> None:
     # A store failure is not logged per notification: StoreStatus logs it once;
     # nor a full queue: Delivery counts it and samples its log line.
     if not task.cancelled() and task.exception() is not None \
@@ -103,52 +84,71 @@ def _log_failure(task: asyncio.Task[DeliveryResult]) -> None:
         log.error("delivery failed: %s", task.exception())
 
 
-def _log_store_failure(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.debug("cannot clear a pending notification: %s", future.exception())
+
 
 
 DeadTokenHandler = Callable[[Registration, DeliveryResult], Awaitable[None]]
+#: A pending notification that could not be claimed (the database failing) is tried again
+#: after this many seconds.
+CLAIM_RETRY = 1.0
+
+__all__ = ["Delivery", "DeliveryPolicy", "Pending", "QueueFull", "RateLimiter", "Submitted"]
 
 
 class Delivery:
-    """Sends through the providers; owns the pending queue and its timers."""
+    """Sends through the providers; owns the pending queue and its timers.
+
+    ``shared``: several active instances share the database (``[appserver] instances =
+    "all-active"``): pending notifications are leased, the rate limit is shared
+    (:class:`~.pending.SharedBook`); without it this process keeps its own
+    (:class:`~.pending.LocalBook`).
+    """
 
     def __init__(self, store: Store, providers: dict[str, Provider],
                  policy: DeliveryPolicy, on_dead_token: DeadTokenHandler,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, shared: SharedState | None = None) -> None:
         self.store = store
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.queue_depth.set_function(lambda: len(self._pending))
+        self.metrics.queue_oldest.set_function(self._oldest_age)
         self.providers = providers
         self.policy = policy
         self.on_dead_token = on_dead_token
-        self.limiter = RateLimiter(policy.rate_burst, policy.rate_interval)
+        self.book: PendingBook
+        if shared is None:
+            self.book = LocalBook(store, policy)
+        else:
+            self.book = SharedBook(shared, store, policy, self.metrics, self._adopt,
+                                   self._holding)
         self.stats: Counter[str] = Counter()
         self._pending: dict[str, Pending] = {}
-        self._inflight: dict[str, asyncio.Task[DeliveryResult]] = {}
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
         self._full_log = LogSampler(log)
 
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """This process's rate limiter (None when the instances share one budget)."""
+        return self.book.limiter if isinstance(self.book, LocalBook) else None
+
     # -- life cycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        """Schedule every notification kept pending (after a restart); with a shared
+        book, take part in its leases."""
+        self.resume()
+        await self.book.start()
+
     def resume(self) -> None:
-        """Schedule every notification the store kept pending (after a restart)."""
-        for node, doc in list(self.store.table(PENDING).items()):
-            try:
-                entry = Pending.from_doc(doc)
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("pending notification for node %s is unreadable: %s",
-                          loggable_node(node), exc)
-                continue
-            self._pending[node] = entry
-            self._schedule(node, entry.due)
+        """Schedule every notification this process's store kept pending (one instance)."""
+        self._adopt(self.book.resume())
         if self._pending:
             log.info("resuming %d pending notification(s)", len(self._pending))
 
     async def stop(self) -> None:
         """Stop timers and wait briefly for in-flight requests; pending stays stored."""
         self._closing = True
+        await self.book.stop()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -158,6 +158,25 @@ class Delivery:
     @property
     def pending_count(self) -> int:
         return len(self._pending)
+
+    def _oldest_age(self) -> float:
+        if not self._pending:
+            return 0.0
+        return max(0.0, time.time() - min(e.first_queued for e in self._pending.values()))
+
+    def _holding(self) -> set[str]:
+        return self._pending.keys() | self._inflight.keys()
+
+    def _adopt(self, entries: list[Pending]) -> None:
+        """Deliver ``entries`` (resumed, taken over, found) from now on."""
+        for entry in entries:
+            node = entry.node
+            known = self._pending.get(node)
+            if known is not None and known.version >= entry.version:
+                continue
+            self._pending[node] = entry
+            if node not in self._inflight:
+                self._schedule(node, entry.due)
 
     # -- the publish path ----------------------------------------------------------
     async def submit(self, registration: Registration, notification: Notification, *,
@@ -173,12 +192,15 @@ class Delivery:
             return Submitted.APP_REMOVED
         node = registration.node
         now = time.time()
-        if node in self._pending or node in self._inflight:
+        wait = None
+        if node not in self._pending and node not in self._inflight \
+                and not self.book.pending_elsewhere(node):
+            wait = await self.book.take_rate(node)
+        if wait is None or node in self._pending or node in self._inflight:
             # Something for this node is already on its way or waiting: the
             # newer notification takes the pending place of any older one.
             await self._keep(registration, notification, due=None)
             return Submitted.QUEUED
-        wait = self.limiter.take(node, now)
         if wait > 0:
             await self._keep(registration, notification, due=now + wait)
             self.stats["throttled"] += 1
@@ -214,10 +236,11 @@ class Delivery:
             first_queued=old.first_queued if old else now,
             # A newer notification keeps an older one's backoff, not its place in line.
             due=due if due is not None else (old.due if old and old.attempts else now),
+            version=old.version if old else 0,
         )
         self._pending[node] = entry
         try:
-            await self.store.set_doc(PENDING, node, entry.to_doc())
+            held = await self.book.keep(entry)
         except StoreError:  # logged once by the store, answered 'wait' by the caller
             if self._pending.get(node) is entry:
                 if old is None:
@@ -225,13 +248,25 @@ class Delivery:
                 else:
                     self._pending[node] = old
             raise
+        if self._pending.get(node) is not entry:
+            return  # replaced meanwhile by a newer one, which scheduled itself
+        if held is None:  # another instance holds the node's lease: it sends this one
+            del self._pending[node]
+            self._cancel_timer(node)
+            return
         if node not in self._inflight:
             self._schedule(node, entry.due)
 
     async def drop(self, node: str) -> None:
         """Forget a node's pending notification (it was unregistered)."""
-        if node in self._pending:
-            await self._forget(node)
+        if node in self._pending or not isinstance(self.book, LocalBook):
+            self._pending.pop(node, None)
+            self._cancel_timer(node)
+            try:
+                await self.book.drop(node)
+            except StoreError as exc:  # sent later to a registration that is gone: refused
+                log.debug("node %s: cannot clear a pending notification: %s",
+                          loggable_node(node), exc)
 
     # -- sending ----------------------------------------------------------------------
     def _start(self, registration: Registration, notification: Notification,
@@ -294,13 +329,19 @@ class Delivery:
                     await self._forget(node)
                     return
                 due = time.time() + self._backoff(attempts, result.retry_after)
-                kept = Pending(registration, notification, attempts, first, due)
+                kept = Pending(registration, notification, attempts, first, due,
+                               entry.version if entry else 0)
                 self._pending[node] = kept
                 self.stats["retries"] += 1
                 self.metrics.retries.labels(registration.app).inc()
                 # A StoreError propagates: the publish is then answered with an
                 # error instead of a result we could not keep.
-                await self.store.set_doc(PENDING, node, kept.to_doc())
+                held = await self.book.retry(kept)
+                if self._pending.get(node) is kept:
+                    if held is None:
+                        del self._pending[node]
+                    else:
+                        self._pending[node] = held
             # else a newer notification is pending: it replaces this one.
             return
         if result.outcome is Outcome.DEAD_TOKEN:
@@ -327,15 +368,18 @@ class Delivery:
         raise QueueFull(f"{len(self._pending)} notifications pending")
 
     async def _forget(self, node: str) -> None:
-        self._pending.pop(node, None)
-        timer = self._timers.pop(node, None)
-        if timer is not None:
-            timer.cancel()
+        entry = self._pending.pop(node, None)
+        self._cancel_timer(node)
+        if entry is None:
+            return
         try:
-            await self.store.set_doc(PENDING, node, None)
+            newer = await self.book.settle(entry)
         except StoreError as exc:  # it will be delivered again after a restart: harmless
             log.debug("node %s: cannot clear a pending notification: %s",
                       loggable_node(node), exc)
+            return
+        if newer is not None:  # written by another instance meanwhile: ours to send
+            self._adopt([newer])
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         ceiling = min(self.policy.retry_max_delay, self.policy.retry_base * 2 ** (attempts - 1))
@@ -348,36 +392,70 @@ class Delivery:
     def _schedule(self, node: str, due: float) -> None:
         if self._closing:
             return
-        old = self._timers.pop(node, None)
-        if old is not None:
-            old.cancel()
+        self._cancel_timer(node)
         loop = asyncio.get_running_loop()
         delay = max(0.0, due - time.time())
         self._timers[node] = loop.call_later(delay, self._fire, node)
+
+    def _cancel_timer(self, node: str) -> None:
+        timer = self._timers.pop(node, None)
+        if timer is not None:
+            timer.cancel()
 
     def _fire(self, node: str) -> None:
         self._timers.pop(node, None)
         entry = self._pending.get(node)
         if entry is None or node in self._inflight or self._closing:
             return
-        registration = entry.registration
-        if registration.dialect is not Dialect.MONAL:  # stateless: nothing stored
-            current = self.store.get(node)
+        task = asyncio.ensure_future(self._send_pending(entry))
+        task.add_done_callback(_log_failure)
+        self._inflight[node] = task
+
+    async def _send_pending(self, entry: Pending) -> None:
+        """Send a pending notification that is due, once it is this instance's to send,
+        its registration still exists and the node's rate limit allows it."""
+        node = entry.node
+        retry_at = None
+        try:
+            claimed = await self.book.claim(entry)
+        except StoreError:  # the database: logged by the book's lease loop
+            claimed, retry_at = entry, time.time() + CLAIM_RETRY
+        if self._pending.get(node) is not entry:  # replaced meanwhile: the newer one counts
+            claimed, retry_at = self._pending.get(node), retry_at or time.time()
+        if claimed is None:  # another instance delivers it
+            self._pending.pop(node, None)
+            self._inflight.pop(node, None)
+            return
+        self._pending[node] = claimed
+        if retry_at is None and claimed.due > time.time() + 0.01:
+            retry_at = claimed.due  # a newer notification kept its own due time
+        registration = claimed.registration
+        if retry_at is None and registration.dialect is not Dialect.MONAL:
+            current = self.store.get(node)  # stateless dialects: nothing stored in pending
             if current is None:  # unregistered meanwhile
-                self._pending.pop(node, None)
-                forget = asyncio.ensure_future(self.store.set_doc(PENDING, node, None))
-                forget.add_done_callback(_log_store_failure)
+                self._inflight.pop(node, None)
+                await self._forget(node)
                 return
             registration = current
-        if registration.app not in self.providers:  # kept from before a restart
+        if retry_at is None and registration.app not in self.providers:
             log.warning("node %s: pending notification dropped: its app %r is not "
                         "configured any more", loggable_node(node), registration.app)
-            self._pending.pop(node, None)
-            forget = asyncio.ensure_future(self.store.set_doc(PENDING, node, None))
-            forget.add_done_callback(_log_store_failure)
+            self._inflight.pop(node, None)
+            await self._forget(node)
             return
-        wait = self.limiter.take(node, time.time())
-        if wait > 0:
-            self._schedule(node, time.time() + wait)
+        if retry_at is None:
+            wait = await self._rate(node)
+            if wait > 0:
+                retry_at = time.time() + wait
+        if retry_at is not None:
+            self._inflight.pop(node, None)
+            if self._pending.get(node) is not None:
+                self._schedule(node, retry_at)
             return
-        self._start(registration, entry.notification)
+        await self._send_and_settle(registration, claimed.notification)
+
+    async def _rate(self, node: str) -> float:
+        try:
+            return await self.book.take_rate(node)
+        except StoreError:
+            return CLAIM_RETRY

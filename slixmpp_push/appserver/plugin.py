@@ -22,6 +22,11 @@ Config keys (``register_plugin('push_appserver', {...})``):
     A :class:`~slixmpp_push.appserver.delivery.DeliveryPolicy`.
 ``remote_disable``
     Tell an account's server when we drop its registration (default True).
+``shared``
+    A :class:`~slixmpp_push.store.shared.SharedState` when several instances serve
+    from one PostgreSQL store at once (``[appserver] instances = "all-active"``):
+    pending notifications are leased and the rate limit is one budget per node.
+    The plugin opens it after the store and closes it before.
 ``metrics``
     A :class:`~slixmpp_push.metrics.Metrics` to report to (default: a new one,
     available as ``plugin.metrics``).
@@ -97,7 +102,8 @@ from ..logs import LogSampler, loggable_node
 from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
 from ..providers import Provider, create_provider
-from ..store import DEAD_TOKENS, Store, create_store
+from ..store import DEAD_TOKENS, REGISTRATIONS, Store, create_store
+from ..store.shared import SharedState
 from ..xep_0357.publish import MalformedPublish, parse_publish
 from ..xep_0357.stanza import NS, register_stanzas
 from .adhoc import COMMANDS_NS, withdraw_command
@@ -176,9 +182,11 @@ class PushAppServer(BasePlugin):
         # Refused publishes and commands: sampled per kind, counted in metrics, so
         # that a flood of bad input costs no log line per stanza.
         self.refusals = LogSampler(log)
+        # Several active instances on one database: what they decide together.
+        self.shared: SharedState | None = self.config.get("shared")
         self.delivery = Delivery(self.store, self.providers,
                                  self.config.get("delivery") or DeliveryPolicy(),
-                                 self._on_dead_token, self.metrics)
+                                 self._on_dead_token, self.metrics, shared=self.shared)
         self._started: asyncio.Future[None] | None = None
         # When each node was last published to by its account's server (test-push).
         self.last_publish: dict[str, float] = {}
@@ -261,7 +269,9 @@ class PushAppServer(BasePlugin):
             if provider.app.cert_file:
                 self.metrics.watch_certificate(provider.id, provider.app.cert_file)
         self._warn_unserved()
-        self.delivery.resume()
+        if self.shared is not None:
+            await self.shared.open()
+        await self.delivery.start()
         # The loaded registrations live as long as the process: move them out of
         # the collector's reach, or each full collection walks them all (21 ms at
         # 10k, 61 ms at 100k: the latency spikes seen in benchmarks).
@@ -290,6 +300,8 @@ class PushAppServer(BasePlugin):
                 await provider.close()
             except Exception:
                 log.exception("closing provider %s failed", provider.id)
+        if self.shared is not None:
+            await self.shared.close()  # its leases go first: the others take over at once
         await self.store.close()
         self._started = None
 
@@ -445,6 +457,10 @@ class PushAppServer(BasePlugin):
                 await self.start()
             sender = JID(publisher)
             trusted = sender.bare in self.config.get("trusted_publishers", ())
+            if self.shared is not None and self.store.get(node) is None \
+                    and MONAL_MODULE_OPTION not in publish.notification.publish_options:
+                # Registered through another instance a moment ago? Ask the database.
+                await self.store.reread(REGISTRATIONS, node)
             registration = self._authorize(sender, trusted, publish.node,
                                            publish.notification)
             dialect = registration.dialect.value

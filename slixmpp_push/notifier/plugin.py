@@ -32,6 +32,11 @@ Config keys:
 ``metrics``
     The :class:`~slixmpp_push.metrics.Metrics` to count pages in (default: the
     ``push_appserver``'s, so that its /metrics shows them; else a new one).
+``shared`` / ``leading``
+    Several instances on one database (all-active): the ``SharedState`` every page
+    write goes through, and whether this engine escalates from the start (default
+    True; with several instances False, and :func:`slixmpp_push.pager_leader.lead_pages`
+    makes the holder of the pager lock lead). See :mod:`.paging`.
 
 Chat commands understood from people: ``ack [ID]``, ``resolve [ID]``,
 ``pages``, ``oncall``, ``help``. ``help`` is answered to anyone: it lists
@@ -106,14 +111,15 @@ class NotifyReport:
     """What one notify reached: pushes per node, remote publishes, chat messages."""
 
     pushes: dict[str, Submitted] = field(default_factory=dict)
-    remote: dict[str, str] = field(default_factory=dict)  # name → "ok" or the error
+    # name → "ok", "sent" (all-active: the reply may reach another instance) or the error
+    remote: dict[str, str] = field(default_factory=dict)
     chats: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # targets that named nothing
 
     @property
     def delivered(self) -> int:
         return sum(1 for s in self.pushes.values() if s in PUSHED) + sum(
-            1 for r in self.remote.values() if r == "ok")
+            1 for r in self.remote.values() if r in ("ok", "sent"))
 
 
 class PushNotifier(BasePlugin):
@@ -132,6 +138,8 @@ class PushNotifier(BasePlugin):
         "store": None,
         "echo_window": 15.0,
         "metrics": None,
+        "shared": None,
+        "leading": True,
     }
 
     def plugin_init(self) -> None:
@@ -187,7 +195,11 @@ class PushNotifier(BasePlugin):
             await store.open()
         if self.metrics is None:
             self.metrics = appserver.metrics if appserver is not None else Metrics()
-        self.engine = PageEngine(store, self.policies, self._send_page, self.metrics.pager())
+        self.engine = PageEngine(store, self.policies, self._send_page, self.metrics.pager(),
+                                 shared=self.config.get("shared"),
+                                 leading=self.config.get("leading", True))
+        if self.engine.leading:  # alone, it escalates; several: the pager lock decides
+            self.metrics.pager_leader.set(1)
         self.engine.resume()
 
     async def stop(self) -> None:
@@ -256,9 +268,11 @@ class PushNotifier(BasePlugin):
         appserver = self.appserver
         if spec.startswith("remote:"):
             name = spec[len("remote:"):]
+            shared = self.config.get("shared") is not None
             try:
-                await publish(self.xmpp, self.remotes[name], notification)
-                report.remote[name] = "ok"
+                await publish(self.xmpp, self.remotes[name], notification,
+                              await_reply=not shared)
+                report.remote[name] = "sent" if shared else "ok"
             except (IqError, IqTimeout) as exc:
                 condition = exc.iq["error"]["condition"] if isinstance(exc, IqError) \
                     else "timeout"
@@ -412,10 +426,11 @@ class PushNotifier(BasePlugin):
                                           f"page:{page.id}")
         text = self._text(title, page.body, page.priority, page)
         report = await self._deliver(targets, notification, text, page)
-        page.log(time.time(), "sent", f"{reason}: {report.delivered} push(es), "
-                                      f"{len(report.chats)} chat(s)")
-        if self.engine is not None and page.active:  # keep who was paged (acks, resume)
-            await self.engine.store.set_doc("pages", page.id, page.to_doc())
+        detail = f"{reason}: {report.delivered} push(es), {len(report.chats)} chat(s)"
+        if self.engine is not None:  # keep who was paged (acks on any instance, resume)
+            await self.engine.note(page, "sent", detail)
+        else:
+            page.log(time.time(), "sent", detail)
         if reason == "page" and (page.step or page.round):
             self.xmpp.event("page_escalated", page)
 
@@ -500,8 +515,7 @@ class PushNotifier(BasePlugin):
             return
         page = self.engine.find(page_id)
         if page is not None and page.state is not PageState.RESOLVED:
-            page.log(time.time(), "receipt", message["from"].bare)
-            await self.engine.store.set_doc("pages", page.id, page.to_doc())
+            await self.engine.note(page, "receipt", message["from"].bare)
 
 
 @functools.lru_cache(maxsize=65536)

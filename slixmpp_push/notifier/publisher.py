@@ -79,8 +79,16 @@ def pubsub_element(target: RemoteTarget, notification: Notification) -> ET.Eleme
 
 
 async def publish(xmpp: BaseXMPP, target: RemoteTarget, notification: Notification,
-                  timeout: float = 15.0) -> None:
-    """Send one publish; raises slixmpp's IqError / IqTimeout when it is refused."""
+                  timeout: float = 15.0, *, await_reply: bool = True) -> None:
+    """Send one publish; raises slixmpp's IqError / IqTimeout when it is refused.
+
+    ``await_reply=False`` sends it and returns: with several active instances of one
+    component (all-active) the server may route the reply to another instance, so
+    waiting for it would report a delivered publish as a timeout.
+    """
     iq = xmpp.make_iq_set(ito=target.jid)
     iq.xml.append(pubsub_element(target, notification))
+    if not await_reply:
+        xmpp.send(iq)  # not Iq.send: that would wait for a reply that may go elsewhere
+        return
     await iq.send(timeout=timeout)

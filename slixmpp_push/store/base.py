@@ -6,7 +6,8 @@ end only implements :meth:`Store._persist` (and loading); everything else —
 indexes, typed accessors, rollback on a failed write, the write health that
 /health reports (:class:`~.status.StoreStatus`) — lives here once. A back end
 that other processes write too (PostgreSQL) applies their changes to memory
-with :meth:`Store._apply_remote`, which updates the indexes and persists nothing.
+with :meth:`Store._apply_remote`, which updates the indexes and persists nothing, then
+tells whoever :meth:`Store.watch`-es that table.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..errors import StoreError
@@ -36,6 +37,9 @@ Op = tuple[str, str, dict[str, Any] | None]
 
 DeviceIdentity = tuple[str, str, str, str]
 
+#: Told of another process's change of one document: (key, document or None if deleted).
+Watcher = Callable[[str, dict[str, Any] | None], None]
+
 
 def device_identity(registration: Registration) -> DeviceIdentity:
     """What makes a re-registration "the same device" (it then keeps its node)."""
@@ -55,6 +59,7 @@ class Store(abc.ABC):
         self._opened = False
         self._opening: asyncio.Future[None] | None = None
         self.status = StoreStatus()  # write failures (logged once), journal size
+        self._watchers: dict[str, list[Watcher]] = {}
 
     # -- life cycle ---------------------------------------------------------
     async def open(self) -> None:
@@ -177,6 +182,10 @@ class Store(abc.ABC):
                 del self._by_account[registration.account]
 
     # -- generic tables (pending notifications, dead tokens) ---------------------
+    async def reread(self, name: str, key: str) -> None:
+        """Read one document again from where other processes write (a shared database);
+        a store only this process writes has nothing to read."""
+
     def table(self, name: str) -> dict[str, dict[str, Any]]:
         """A read-only view of a table's documents by key."""
         return self._tables[name]
@@ -259,6 +268,25 @@ class Store(abc.ABC):
             table.pop(key, None)
         else:
             table[key] = doc
+        for watcher in list(self._watchers.get(name, ())):
+            try:
+                watcher(key, doc)
+            except Exception:  # one watcher's bug must not stop the store following others
+                log.exception("store: a watcher of %s failed on %s", name, key)
+
+    def watch(self, name: str, watcher: Watcher) -> None:
+        """Call ``watcher(key, doc)`` (``doc`` None: deleted) whenever another process's
+        change of table ``name`` has been taken into memory; never for this store's own
+        writes. Only a store that other processes write too (PostgreSQL) calls it."""
+        if name not in self._tables:
+            raise KeyError(f"no table {name!r} to watch")
+        self._watchers.setdefault(name, []).append(watcher)
+
+    def unwatch(self, name: str, watcher: Watcher) -> None:
+        """Stop calling ``watcher`` (not watching: nothing happens)."""
+        watchers = self._watchers.get(name, [])
+        if watcher in watchers:
+            watchers.remove(watcher)
 
 
 class MemoryStore(Store):

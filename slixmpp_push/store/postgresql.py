@@ -31,10 +31,11 @@ table again and takes in what changed. An idle connection is pinged every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         *(f"CREATE TRIGGER {name}_changed AFTER INSERT OR UPDATE OR DELETE ON {name} "
           "FOR EACH ROW EXECUTE FUNCTION slixmpp_push_changed()" for name in _V1_TABLES),
     )),
+    # For several active instances (store/shared.py): who delivers each pending
+    # notification until when, which write of it is current; one rate budget per node.
+    Migration(2, "leases on pending notifications, shared per-node rate budgets", (
+        "ALTER TABLE pending ADD COLUMN owner text, ADD COLUMN lease_until timestamptz, "
+        "ADD COLUMN version bigint NOT NULL DEFAULT 0",
+        "CREATE INDEX pending_lease_until ON pending (lease_until)",
+        "CREATE INDEX pending_owner ON pending (owner)",
+        "CREATE TABLE node_rates (key text PRIMARY KEY, tat double precision NOT NULL)",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -152,6 +162,9 @@ class PostgresStore(Store):
     it neither writes, nor migrates, nor follows other processes' changes.
     """
 
+    #: Told how long each commit took, as ``observe("commit", seconds)`` (a metric).
+    observe: Callable[[str, float], None] | None = None
+
     def __init__(self, url: str, *, password: str | None = None, read_only: bool = False,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  command_timeout: float = COMMAND_TIMEOUT,
@@ -179,6 +192,7 @@ class PostgresStore(Store):
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self._rereads: list[asyncio.Future[None]] = []  # waiting for the next refresh
         self._error = ""  # why the connection is down
         self._retry_delay = 0.0
         self._retry_at = 0.0  # loop time of the next connection attempt while down
@@ -342,11 +356,13 @@ class PostgresStore(Store):
                         await self._conn.fetchval("SELECT 1")
                     if self._stale:
                         await self._refresh()
+                    self._answer_rereads()
             except Exception as exc:  # the connection broke (or worse): start over
                 if not isinstance(exc, StoreError | OSError | TimeoutError
                                   | asyncpg.PostgresError | asyncpg.InterfaceError):
                     log.exception("store: unexpected failure of the PostgreSQL writer")
                 self._lost(self._describe(exc))
+                self._answer_rereads()  # with what memory holds: the caller goes on
             if self._closed and not self._queue:
                 return
 
@@ -370,6 +386,7 @@ class PostgresStore(Store):
         batch, self._queue = self._queue, []
         rows = [row for written, _ in batch for row in written]
         keys = Counter((name, key) for name, key, _ in rows)
+        began = asyncio.get_running_loop().time()
         try:
             await self._commit(rows)
         except Exception as exc:
@@ -381,6 +398,8 @@ class PostgresStore(Store):
             self._stale.update(keys)
             raise
         else:
+            if self.observe is not None:
+                self.observe("commit", asyncio.get_running_loop().time() - began)
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
@@ -482,6 +501,24 @@ class PostgresStore(Store):
             await self._hang_up(conn)
 
     # -- other processes' changes -------------------------------------------------------
+    async def reread(self, name: str, key: str) -> None:
+        """Read one document again now, on the writer's connection: another instance may
+        have written it a moment ago, before its notification arrived here."""
+        if self.read_only or self._closed or self._writer is None or self._conn is None:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stale.add((name, key))
+        self._rereads.append(done)
+        self._wakeup.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), self.command_timeout)
+
+    def _answer_rereads(self) -> None:
+        rereads, self._rereads = self._rereads, []
+        for done in rereads:
+            if not done.done():
+                done.set_result(None)
+
     def _on_notification(self, conn: asyncpg.Connection, pid: int, channel: str,
                          payload: str) -> None:
         if pid == self._pid:

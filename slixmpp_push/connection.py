@@ -27,13 +27,32 @@ and deaf. And it retries a refused login forever without saying why.
 - before every connection it awaits ``before_connect`` when given: an active
   instance of several confirms it still holds its lock
   (:meth:`~slixmpp_push.active_lock.ActiveLock.confirm`), whose error ends ``run``;
-  a reconnection must never take the component from the instance that took over.
+  a reconnection must never take the component from the instance that took over;
+- with several active instances (``[appserver] instances = "all-active"``) its stream
+  header carries ``allowMultiple`` (:func:`allow_multiple`): Openfire then accepts one
+  connection per instance for the same component and balances over them.
 
 A component pings its own JID: the server routes the ping back to us and our
 XEP-0199 handler answers it, so the round trip crosses the stream both ways
 and needs no host name of the server (pinging the parent domain could start
 an s2s attempt slower than the timeout). A client pings its server's domain.
 Any answer counts, an error too: it crossed the stream.
+
+With several instances connected for one component (all-active) the answer may not
+come back to the instance that asked: ejabberd balances every stanza addressed to the
+component's domain over its connections, replies included (measured: two instances
+pinging themselves through ejabberd 24.12 dropped their streams as stuck within
+seconds), and Tigase picks a connection by a hash of the receiver's or the sender's bare
+JID. There any stanza arriving on the stream shows that it carries stanzas: the keeper
+sends *probes* (pings whose answers it does not wait for) every
+``ping_timeout / PROBES_PER_TIMEOUT`` seconds until something arrives, and calls the
+stream stuck when nothing has within ``ping_timeout``. A probe goes to the component's
+domain from a random address of it (``ping-<random>@push.example.org``): whichever JID a
+server's balancing hashes (the receiver's or the sender's), the probe or its answer lands
+on a random instance; ejabberd's default balancing puts both at random, and Openfire
+gives the answer back to the connection that asked. Each instance therefore sees
+something after a few probes; with N instances the chance that none of 40 lands on a
+healthy one is (1 - 1/N) ** 40: 1e-12 for 2 instances, 1e-5 for 4.
 """
 
 from __future__ import annotations
@@ -41,9 +60,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import slixmpp
 from slixmpp import JID
 from slixmpp.basexmpp import BaseXMPP
 from slixmpp.exceptions import IqError, IqTimeout
@@ -77,6 +98,29 @@ LOGIN_TIMEOUTS = 3
 #: conflict (a virtual host's name; "already connected" passes the doctor's check).
 REFUSALS = frozenset({"not-authorized", "host-unknown", "improper-addressing",
                       "invalid-namespace", "conflict"})
+#: All-active: probes sent within one ping_timeout, at most (see the module).
+PROBES_PER_TIMEOUT = 40
+#: Openfire lets several connections serve one component only when the component's stream
+#: header carries this attribute (it looks for the attribute, not its value); without it a
+#: second connection gets ``conflict``. Prosody, ejabberd and Tigase ignore it.
+ALLOW_MULTIPLE = "allowMultiple"
+
+
+def allow_multiple(xmpp: BaseXMPP) -> None:
+    """Make the component ``xmpp`` ask for ``allowMultiple`` in its stream header.
+
+    slixmpp keeps the header it sends as the string ``stream_header`` (set by
+    ComponentXMPP, written as it is when a connection is made): the attribute goes in
+    before its closing ``>``. A header of another shape means slixmpp changed how it
+    writes one; that fails here rather than losing the attribute silently.
+    """
+    header = getattr(xmpp, "stream_header", None)
+    if (not isinstance(header, str) or not header.startswith("<stream:stream ")
+            or not header.endswith(">") or "jabber:component:accept" not in header):
+        raise RuntimeError(f"cannot add {ALLOW_MULTIPLE} to the component stream header of "
+                           f"slixmpp {slixmpp.__version__}: it is {header!r}")
+    if f" {ALLOW_MULTIPLE}=" not in header:
+        xmpp.stream_header = f'{header[:-1]} {ALLOW_MULTIPLE}="true">'
 
 
 class StreamKeeper:
@@ -84,11 +128,18 @@ class StreamKeeper:
 
     ``run(stopping, before_connect)`` returns once ``stopping`` is set; the caller
     disconnects. An error of ``before_connect`` ends it.
-    ``session`` is set while a session is up.
+    ``session`` is set while a session is up. ``all_active``: this component is one of
+    several connections for its JID (:func:`allow_multiple`, and the keepalive of the
+    module's last paragraph); ``slixmpp_push_all_active`` says so.
     """
 
-    def __init__(self, xmpp: BaseXMPP, settings: XmppConfig, metrics: Metrics) -> None:
+    def __init__(self, xmpp: BaseXMPP, settings: XmppConfig, metrics: Metrics, *,
+                 all_active: bool = False) -> None:
+        if all_active:
+            allow_multiple(xmpp)
+            metrics.all_active.set(1)
         self.xmpp = xmpp
+        self.all_active = all_active
         self.settings = settings
         self.metrics = metrics
         self.where = f"{settings.host}:{settings.port}"
@@ -101,8 +152,13 @@ class StreamKeeper:
         self._ever_up = False  # a session has started since the process began
         self._stuck = ""  # set when a ping went unanswered
         self._pinger: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()  # all-active: a stanza arrived since it was cleared
+        #: Keepalive checks passed (a ping answered; all-active: a stanza arrived).
+        self.keepalives = 0
         for event, handler in self._handlers():
             xmpp.add_event_handler(event, handler)
+        if all_active:
+            xmpp.add_filter("in", self._on_stanza)
         # Once per logger (addFilter ignores a filter it has).
         logging.getLogger("slixmpp.features.feature_mechanisms.mechanisms").addFilter(
             _EXPLAINED_HERE)
@@ -117,6 +173,8 @@ class StreamKeeper:
         """Remove the event handlers and stop pinging."""
         for event, handler in self._handlers():
             self.xmpp.del_event_handler(event, handler)
+        if self.all_active:
+            self.xmpp.del_filter("in", self._on_stanza)
         self._stop_pinging()
 
     # -- slixmpp's events ------------------------------------------------------------
@@ -148,6 +206,10 @@ class StreamKeeper:
     def _on_stream_error(self, error: Any) -> None:
         self._condition = error["condition"]
         self._ended = " ".join(part for part in (error["condition"], error["text"]) if part)
+
+    def _on_stanza(self, stanza: Any) -> Any:
+        self._arrived.set()
+        return stanza
 
     def _on_failed_all_auth(self, _event: object) -> None:
         self._auth_refused = True  # failed_auth is one mechanism; slixmpp tries the next
@@ -254,26 +316,56 @@ class StreamKeeper:
         return JID(self.xmpp.boundjid.domain), None
 
     async def _ping_loop(self) -> None:
-        ping: Any = self.xmpp.plugin["xep_0199"]
         timeout = self.settings.ping_timeout
-        to, sender = self._ping_target()
+        check = self._probe if self.all_active else self._ping
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.ping_interval)
             sent = loop.time()
-            try:
-                await ping.send_ping(to, ifrom=sender, timeout=timeout)
-            except IqError:
-                pass  # an error reply crossed the stream too
-            except IqTimeout:
-                self._stuck = (f"no answer to a ping (XEP-0199) within {timeout:g} s: "
-                               "the stream is stuck")
+            if not await check():
+                self._stuck = (f"no stanza arrived within {timeout:g} s of pinging (XEP-0199)"
+                               if self.all_active else
+                               f"no answer to a ping (XEP-0199) within {timeout:g} s")
+                self._stuck += ": the stream is stuck"
                 self.metrics.set_connected(False, f"{self._stuck}; reconnecting")
                 log.error("%s; dropping the connection to %s", self._stuck, self.where)
                 self._pinger = None  # this task ends here; abort() must not cancel it
                 self.xmpp.abort()
                 return
             self.metrics.ping_seconds.set(loop.time() - sent)
+            self.keepalives += 1
+
+    async def _ping(self) -> bool:
+        """One ping, answered (an error too: it crossed the stream) or not."""
+        ping: Any = self.xmpp.plugin["xep_0199"]
+        to, sender = self._ping_target()
+        try:
+            await ping.send_ping(to, ifrom=sender, timeout=self.settings.ping_timeout)
+        except IqError:
+            pass
+        except IqTimeout:
+            return False
+        return True
+
+    async def _probe(self) -> bool:
+        """All-active: pings, without waiting for their answers, until any stanza arrives
+        (False: none within ping_timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.ping_timeout
+        every = self.settings.ping_timeout / PROBES_PER_TIMEOUT
+        domain = self.xmpp.boundjid.domain
+        self._arrived.clear()
+        while not self._arrived.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            sender = JID(f"ping-{secrets.token_hex(4)}@{domain}")
+            probe = self.xmpp.make_iq_get(ito=JID(domain), ifrom=sender)
+            probe.enable("ping")
+            self.xmpp.send(probe)  # not iq.send(): no waiting for an answer
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), min(every, left))
+        return True
 
     def _stop_pinging(self) -> None:
         if self._pinger is not None:

@@ -61,6 +61,11 @@ def build_xmpp(config: Config, providers: dict[str, Provider] | None = None,
         xmpp.register_plugin(plugin)
     store = create_store(config.store, password=config.store_password,
                          journal_limit=config.store_journal_limit)
+    if metrics is not None and is_database_url(config.store):
+        from .store.postgresql import PostgresStore  # asyncpg: only with a database
+
+        if isinstance(store, PostgresStore):
+            store.observe = metrics.observe_store
     shared = None
     if config.instances == ALL_ACTIVE:
         from .store.shared import SharedState
@@ -133,7 +138,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     xmpp = build_xmpp(config, providers, metrics)
     plugins: Any = xmpp.plugin  # slixmpp types only its own plugin names
     appserver: PushAppServer = plugins["push_appserver"]
-    keeper = StreamKeeper(xmpp, config.xmpp, metrics)
+    keeper = StreamKeeper(xmpp, config.xmpp, metrics,
+                          all_active=config.instances == ALL_ACTIVE)
     if ready is not None:
         xmpp.add_event_handler("session_start", lambda _: ready.set())
     stopping = asyncio.Event()

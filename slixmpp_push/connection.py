@@ -280,7 +280,8 @@ class StreamKeeper:
         if stalled:
             seen = (f"no session within {LOGIN_TIMEOUTS * self.settings.ping_timeout:g} s "
                     f"at {self.where}")
-        result = await check_xmpp(self.settings, self.settings.ping_timeout)
+        result = await check_xmpp(self.settings, self.settings.ping_timeout,
+                                  all_active=self.all_active)
         prefix = f"cannot log in to {self.where} as {self.settings.jid}"
         if result.status is Status.FAIL:
             return f"{prefix}: {result.detail}. Fix: {result.fix}", True

@@ -35,6 +35,7 @@ from test_fault_stream import JID, SECRET, freeze, restart_stream, stop_answerin
 from slixmpp_push.config import XmppConfig
 from slixmpp_push.connection import ALLOW_MULTIPLE, StreamKeeper, allow_multiple
 from slixmpp_push.devserver import DevServer, ProsodyServer
+from slixmpp_push.doctor.xmpp import check_xmpp
 from slixmpp_push.metrics import Metrics
 
 NS_STREAM = "{http://etherx.jabber.org/streams}stream"
@@ -91,6 +92,15 @@ def settings_for(server: DevServer, *, ping_interval: float = 0.2,
 
 async def header_sent(xmpp: ComponentXMPP) -> dict[str, str]:
     """The attributes of the stream header ``xmpp`` writes when it connects."""
+    try:
+        return await header_written(lambda port: xmpp.connect("127.0.0.1", port))
+    finally:
+        xmpp.abort()
+
+
+async def header_written(connect: Callable[[int], object]) -> dict[str, str]:
+    """The attributes of the stream header that ``connect(port)`` makes a client write to
+    a listener on that loopback port (which then hangs up)."""
     got: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,12 +121,28 @@ async def header_sent(xmpp: ComponentXMPP) -> dict[str, str]:
 
     listener = await asyncio.start_server(accept, "127.0.0.1", 0)
     try:
-        xmpp.connect("127.0.0.1", listener.sockets[0].getsockname()[1])
+        connect(listener.sockets[0].getsockname()[1])
         return await asyncio.wait_for(got, 10)
     finally:
-        xmpp.abort()
         listener.close()
         await listener.wait_closed()
+
+
+@pytest.mark.parametrize("all_active", [True, False], ids=["all-active", "one-active"])
+async def test_the_doctors_component_check_asks_for_allow_multiple_when_all_active(
+        all_active: bool) -> None:
+    checks: list[asyncio.Task[object]] = []
+
+    def connect(port: int) -> None:
+        settings = XmppConfig(mode="component", jid=JID, host="127.0.0.1", port=port,
+                              secret=SECRET)
+        checks.append(asyncio.ensure_future(check_xmpp(settings, 5.0, all_active=all_active)))
+
+    header = await header_written(connect)
+    await asyncio.gather(*checks)  # the listener hung up: the check ends, failed
+    assert header["to"] == JID
+    assert (header.get(ALLOW_MULTIPLE) == "true") is all_active
+    assert all_active or ALLOW_MULTIPLE not in header
 
 
 @pytest.mark.parametrize("all_active", [True, False], ids=["all-active", "one-active"])

@@ -34,7 +34,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ..config import Config, load_config
+from ..config import ALL_ACTIVE, Config, load_config
 from ..errors import ConfigError
 from .clock import CLOCK_FAIL as CLOCK_FAIL
 from .clock import CLOCK_WARN as CLOCK_WARN
@@ -116,7 +116,8 @@ async def run_doctor(config_path: str | os.PathLike[str], timeout: float = DEFAU
         return report
     credentials = {app.id: check_credentials(app) for app in config.apps}
     xmpp_task = asyncio.ensure_future(_guarded(
-        "xmpp", check_xmpp(config.xmpp, timeout, allow_plaintext=allow_plaintext), _as_is))
+        "xmpp", check_xmpp(config.xmpp, timeout, allow_plaintext=allow_plaintext,
+                           all_active=config.instances == ALL_ACTIVE), _as_is))
     store_task = asyncio.ensure_future(_guarded("store", check_store(config), _as_is))
     provider_tasks = [
         asyncio.ensure_future(_guarded(app_check_name(app.type, app), check_provider(app, timeout),

@@ -49,9 +49,12 @@ class RawStream:
         self._depth = 0
         self._read = 0
 
-    async def open(self, namespace: str, to: str, version: bool = False) -> None:
-        """Send our stream header and wait for the server's."""
-        attrs = f" to={quoteattr(to)}" + (" version='1.0'" if version else "")
+    async def open(self, namespace: str, to: str, version: bool = False,
+                   allow_multiple: bool = False) -> None:
+        """Send our stream header and wait for the server's (``allow_multiple``: a
+        component that is one of several connections, for Openfire)."""
+        attrs = f" to={quoteattr(to)}" + (" version='1.0'" if version else "") \
+            + (" allowMultiple='true'" if allow_multiple else "")
         self.writer.write(f"<?xml version='1.0'?><stream:stream xmlns='{namespace}' "
                           f"xmlns:stream='{STREAM_NS}'{attrs}>".encode())
         await self.writer.drain()

@@ -44,14 +44,15 @@ _SECRET_FIX = ("[xmpp] secret_file/secret_env must hold the same secret as the s
 
 
 async def check_xmpp(xmpp: XmppConfig, timeout: float = DEFAULT_TIMEOUT, *,
-                     allow_plaintext: bool = False) -> CheckResult:
+                     allow_plaintext: bool = False, all_active: bool = False) -> CheckResult:
     """Connect to ``[xmpp] host:port`` and authenticate, then leave at once.
 
     Component mode: a raw XEP-0114 handshake, so that each refusal can be named.
     Client mode: the stream header is checked raw (which port is it?), then
     slixmpp logs in with a resource of its own, so a running ``serve`` keeps its
     session. ``allow_plaintext`` lets slixmpp send the password without TLS
-    (tests against a plain-TCP server only).
+    (tests against a plain-TCP server only). ``all_active``: the component is one of
+    several connections (its header says ``allowMultiple``, or Openfire refuses it).
     """
     where = f"{xmpp.host}:{xmpp.port}"
     stage = "connect"
@@ -62,7 +63,7 @@ async def check_xmpp(xmpp: XmppConfig, timeout: float = DEFAULT_TIMEOUT, *,
             stream = RawStream(reader, writer)
             stage = "answer"
             if xmpp.mode == "component":
-                return await _component_handshake(stream, xmpp, where)
+                return await _component_handshake(stream, xmpp, where, all_active)
             features = await _client_stream(stream, xmpp, where)
             if isinstance(features, CheckResult):
                 return features
@@ -93,9 +94,9 @@ async def check_xmpp(xmpp: XmppConfig, timeout: float = DEFAULT_TIMEOUT, *,
     return await _client_login(xmpp, where, timeout, features, allow_plaintext)
 
 
-async def _component_handshake(stream: RawStream, xmpp: XmppConfig, where: str
-                               ) -> CheckResult:
-    await stream.open(COMPONENT_NS, xmpp.jid)
+async def _component_handshake(stream: RawStream, xmpp: XmppConfig, where: str,
+                               all_active: bool = False) -> CheckResult:
+    await stream.open(COMPONENT_NS, xmpp.jid, allow_multiple=all_active)
     if stream.header is None:
         return failed("xmpp", f"{where} closed the connection without an XMPP answer",
                       f"is {where} an XMPP port? {_PORT_FIX}")

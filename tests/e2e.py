@@ -36,6 +36,15 @@ COMMANDS = "http://jabber.org/protocol/commands"
 STANDARD_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 
 
+def component_toml(server: DevServer, folder: Path) -> str:
+    """The ``[xmpp]`` lines of a ``serve`` config for ``server``'s component (writes its
+    secret into ``folder/component.secret``); more ``[xmpp]`` keys may follow."""
+    (folder / "component.secret").write_text(server.component.secret + "\n")
+    return (f'[xmpp]\nmode = "component"\njid = "{server.component.jid}"\n'
+            f'host = "{server.host}"\nport = {server.component_port}\n'
+            f'secret_file = "component.secret"\n')
+
+
 def apns_app_toml(key: object, endpoint: str, ca_file: object) -> str:
     """The ``[apps."…"]`` table of a ``push.toml`` for the APNs app pointed at a fake
     (the config-file twin of :func:`apns_app`), for tests that run ``serve``."""

@@ -171,6 +171,21 @@ async def test_settling_an_older_version_keeps_the_newer_one(
     assert await a.shared.claim("n1") is None
 
 
+async def test_an_older_notification_never_replaces_a_newer_one(
+        instances: Callable[..., asyncio.Future[Instance]]) -> None:
+    """Two instances keeping a node's notifications at once: whichever commits last, the
+    one received last stays (the other is coalesced into it)."""
+    a = await instances("a")
+    b = await instances("b")
+    newer = {"notification": {"received_at": 200.0}, "n": "newer"}
+    older = {"notification": {"received_at": 100.0}, "n": "older"}
+    assert await a.shared.keep("n1", newer) == (1, True)
+    assert await b.shared.keep("n1", older) == (1, False)  # a's row, unchanged
+    leased = await a.shared.claim("n1")
+    assert leased is not None and leased.doc == newer and leased.version == 1
+    assert await b.shared.keep("n1", {**newer, "n": "newest"}) == (2, False)
+
+
 async def test_unregistering_through_one_instance_drops_what_another_holds(
         instances: Callable[..., asyncio.Future[Instance]]) -> None:
     a = await instances("a", DeliveryPolicy(retry_base=0.2, retry_max_delay=0.2))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e import APNS_APP, apns_app_toml, enable, execute, send_chat
+from e2e import APNS_APP, apns_app_toml, component_toml, enable, execute, send_chat
 from fakes.fake_apns import FakeApns
 from fakes.tls import TestCA
 from servers import Connections, disconnect, make_account
@@ -30,17 +30,9 @@ def free_port() -> int:
 
 def write_config(folder: Path, server: ProsodyServer, fake: FakeApns, ca: TestCA,
                  key: Path, metrics_port: int) -> Path:
-    secret = folder / "component.secret"
-    secret.write_text(server.component.secret + "\n")
     config = folder / "push.toml"
     config.write_text(f"""
-[xmpp]
-mode = "component"
-jid = "{server.component.jid}"
-host = "{server.host}"
-port = {server.component_port}
-secret_file = "component.secret"
-
+{component_toml(server, folder)}
 [appserver]
 store = "data/store.json"
 

@@ -80,6 +80,9 @@ def instance_name() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}/{os.urandom(3).hex()}"
 
 
+# A notification received before the one stored (by another instance, a moment
+# earlier) does not replace it: the newer one is delivered, the older is coalesced.
+_RECEIVED = "coalesce((({doc})->'notification'->>'received_at')::float8, 0)"
 _KEEP = f"""
 INSERT INTO {PENDING} AS p (key, doc, owner, lease_until, version)
 VALUES ($1, $2, $3, now() + make_interval(secs => $4), 1)
@@ -88,8 +91,11 @@ ON CONFLICT (key) DO UPDATE SET
     owner = CASE WHEN p.lease_until > now() THEN p.owner ELSE EXCLUDED.owner END,
     lease_until = CASE WHEN p.lease_until > now() THEN p.lease_until
                        ELSE EXCLUDED.lease_until END
+WHERE {_RECEIVED.format(doc="EXCLUDED.doc")} >= {_RECEIVED.format(doc="p.doc")}
 RETURNING version, owner = $3 AS mine
 """
+# The row as it stands when _KEEP wrote nothing (a newer notification is kept there).
+_KEPT = f"SELECT version, owner = $2 AS mine FROM {PENDING} WHERE key = $1"
 _CLAIM = f"""
 UPDATE {PENDING} SET owner = $2, lease_until = now() + make_interval(secs => $3)
 WHERE key = $1 AND (owner = $2 OR lease_until IS NULL OR lease_until <= now())
@@ -195,10 +201,18 @@ class SharedState:
 
     # -- pending notifications ----------------------------------------------------------
     async def keep(self, key: str, doc: dict[str, Any]) -> tuple[int, bool]:
-        """Write ``doc`` as the node's pending notification: its version, and whether this
-        instance holds the lease (False: another one does, and delivers it)."""
-        row = await self._fetchrow("keep", _KEEP, key, _dumps(doc), self.owner, self.lease)
-        assert row is not None
+        """Write ``doc`` as the node's pending notification, unless the one stored was
+        received after it (then that one stands for both): the version stored, and whether
+        this instance holds the lease (False: another one does, and delivers it)."""
+        text = _dumps(doc)
+
+        async def run(conn: asyncpg.Connection) -> Any:
+            row = await conn.fetchrow(_KEEP, key, text, self.owner, self.lease)
+            return row if row is not None else await conn.fetchrow(_KEPT, key, self.owner)
+
+        row = await self._use("keep", run)
+        if row is None:  # deleted between the two statements: delivered meanwhile
+            return await self.keep(key, doc)
         return int(row["version"]), bool(row["mine"])
 
     async def claim(self, key: str) -> Leased | None:

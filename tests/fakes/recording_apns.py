@@ -11,9 +11,11 @@ fake outlives them all. Run by :class:`fakes.control.FakeProcess`::
         record = RecordedAnswers(record_file)
         record.answers()      # [(status, token, payload), ...] so far
         record.delivered()    # [(token, payload), ...] of those answered 200
+        record.delivered_at() # [(token, payload, time.time() of the answer), ...]
 
 It prints ``PORT <n>``; clients trust ``<ca-dir>/ca.pem``. Each request answered
-appends one line ``STATUS TOKEN PAYLOAD`` (the payload's JSON) to the record file,
+appends one line ``STATUS TOKEN TIME PAYLOAD`` (the wall clock of the answer, the
+payload's JSON) to the record file,
 flushed at once. Commands: those of :mod:`fakes.fake_apns`, and ``outage STATUS
 REASON`` or ``outage off``.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,7 +48,7 @@ class RecordingApns(FakeApns):
                 ) -> tuple[int, str, int | None]:
         status, reason, retry_after = super()._decide(headers, token, body)
         payload = body.decode(errors="replace").replace("\n", " ") or "null"
-        self.record.write(f"{status} {token or '-'} {payload}\n")
+        self.record.write(f"{status} {token or '-'} {time.time():.6f} {payload}\n")
         self.record.flush()
         return status, reason, retry_after
 
@@ -59,23 +62,30 @@ class RecordedAnswers:
     def answers(self) -> list[tuple[int, str, Any]]:
         """(status, token, payload) per answer, in order (a last line the fake is still
         writing is left for the next read)."""
-        answers = []
+        return [(status, token, body) for status, token, _, body in self._lines()]
+
+    def delivered(self) -> list[tuple[str, Any]]:
+        """(token, payload) of each request answered 200, in order."""
+        return [(token, payload) for token, payload, _ in self.delivered_at()]
+
+    def delivered_at(self) -> list[tuple[str, Any, float]]:
+        """(token, payload, wall clock of the answer) of each request answered 200."""
+        return [(token, body, at) for status, token, at, body in self._lines()
+                if status == 200]
+
+    def _lines(self) -> list[tuple[int, str, float, Any]]:
+        lines = []
         text = self.path.read_text() if self.path.exists() else ""
         for line in text.splitlines(keepends=True):
             if not line.endswith("\n"):
                 break
-            status, token, payload = line.rstrip("\n").split(" ", 2)
+            status, token, at, payload = line.rstrip("\n").split(" ", 3)
             try:
                 body = json.loads(payload)
             except ValueError:
                 body = None
-            answers.append((int(status), token, body))
-        return answers
-
-    def delivered(self) -> list[tuple[str, Any]]:
-        """(token, payload) of each request answered 200, in order."""
-        return [(token, payload) for status, token, payload in self.answers()
-                if status == 200]
+            lines.append((int(status), token, float(at), body))
+        return lines
 
 
 def _outage(fake: FakeApns) -> Callable[[list[str]], str]:

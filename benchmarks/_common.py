@@ -9,6 +9,8 @@
 - :func:`write_p8_key`: a throwaway EC P-256 signing key (token auth).
 - :func:`apns_app`: the AppConfig pointing at the fake.
 - :func:`pct`, :func:`machine`: percentiles and a one-line description of the box.
+- :func:`cpu_seconds`, :func:`tree_cpu_seconds`, :class:`CpuMeter`: CPU used by
+  processes (a process tree: a PostgreSQL server and its backends).
 
 Run as a script, this file is that fake APNs process::
 
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,34 @@ def cpu_seconds(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of ``root`` and of every process below it, those still running and those
+    that ended (a PostgreSQL postmaster's backends come and go): the sum over the living
+    of their own and their reaped children's time (/proc/PID/stat utime, stime, cutime,
+    cstime). A process that ends is reaped by its parent, so its time stays counted."""
+    import os
+
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _machine_busy() -> float:
     """CPU seconds all cores spent busy since boot (/proc/stat)."""
     import os
@@ -79,23 +110,30 @@ def _machine_busy() -> float:
 
 
 class CpuMeter:
-    """CPU share of some processes over an interval: ``start()``, then ``shares()``."""
+    """CPU share of some processes over an interval: ``start()``, then ``shares()``.
 
-    def __init__(self, **pids: int | str) -> None:
+    Each process is a PID (``"self"``: this one), or a function that returns the CPU
+    seconds of what it stands for (``lambda: tree_cpu_seconds(postmaster)``)."""
+
+    def __init__(self, **pids: int | str | Callable[[], float]) -> None:
         self.pids = pids
         self._begin: dict[str, float] = {}
         self._at = 0.0
 
+    @staticmethod
+    def _seconds(pid: int | str | Callable[[], float]) -> float:
+        return pid() if callable(pid) else cpu_seconds(pid)
+
     def start(self) -> None:
         self._at = time.monotonic()
-        self._begin = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._begin = {name: self._seconds(pid) for name, pid in self.pids.items()}
         self._machine = _machine_busy()
 
     def shares(self) -> dict[str, float]:
         """name -> fraction of one core used since start(); ``others``: the rest of
         the machine (other people's work on this shared box)."""
         elapsed = time.monotonic() - self._at
-        shares = {name: (cpu_seconds(pid) - self._begin[name]) / elapsed
+        shares = {name: (self._seconds(pid) - self._begin[name]) / elapsed
                   for name, pid in self.pids.items()}
         machine = (_machine_busy() - self._machine) / elapsed
         shares["others"] = max(0.0, machine - sum(shares.values()))

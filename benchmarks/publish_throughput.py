@@ -404,7 +404,7 @@ async def seed(path: Path, count: int) -> list[str]:
     for start in range(0, count, 2000):
         await asyncio.gather(*(store.put(Registration(
             node=nodes[i], account=f"user{i}@{DOMAIN}", domain=DOMAIN, app=APNS_APP,
-            token=f"{i:064x}", dialect=Dialect.TIGASE, secret=SECRET, created=1.7e9,
+            token=f"{i + 1:064x}", dialect=Dialect.TIGASE, secret=SECRET, created=1.7e9,
             updated=1.7e9)) for i in range(start, min(count, start + 2000))))
     await store.close()
     return nodes

@@ -213,3 +213,18 @@ async def test_a_clean_stop_lets_the_leases_go_at_once(
     assert b.metrics.lease_takeovers._value.get() == 0  # type: ignore[attr-defined]
     await until(lambda: b.counts() == [3], "b delivers what a let go")
     assert b.metrics.lease_takeovers._value.get() == 1  # type: ignore[attr-defined]
+
+
+async def test_rate_batches_sharing_nodes_in_opposite_orders_do_not_deadlock(
+        instances: Callable[..., asyncio.Future[Instance]]) -> None:
+    """Each instance's publishes of one loop turn go in one statement; two statements
+    locking the same nodes in opposite orders would deadlock (PostgreSQL then aborts one,
+    and its publishes are answered 'wait')."""
+    a = await instances("a")
+    b = await instances("b")
+    keys = [f"node-{i:05d}" for i in range(3000)]
+    for _ in range(5):
+        waits = await asyncio.gather(*(a.shared.take_rate(k, 1000, 0.001) for k in keys),
+                                     *(b.shared.take_rate(k, 1000, 0.001)
+                                       for k in reversed(keys)))
+        assert waits == [0.0] * (2 * len(keys))

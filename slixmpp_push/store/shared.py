@@ -58,6 +58,7 @@ SWEEP_BATCH = 500
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 10.0
 POOL_SIZE = 4
+RATE_POOL_SIZE = 2
 
 T = TypeVar("T")
 Change = Callable[[dict[str, Any] | None], dict[str, Any] | None]
@@ -132,10 +133,12 @@ _RELEASE = f"UPDATE {PENDING} SET lease_until = NULL WHERE owner = $1"
 _LEASED = f"SELECT doc, version FROM {PENDING} WHERE key = $1 AND owner = $2"
 # GCRA: a node may send when its theoretical arrival time is at most `tolerance` ahead
 # of now; each send moves it `interval` on. The rows returned are the nodes let through.
+# Rows are locked in key order: two instances' batches sharing nodes cannot deadlock.
 _RATE_TAKE = """
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp()) AS now)
 INSERT INTO node_rates AS r (key, tat)
 SELECT key, clock.now + $2 FROM unnest($1::text[]) AS key, clock
+ORDER BY key
 ON CONFLICT (key) DO UPDATE SET tat = greatest(r.tat, EXCLUDED.tat - $2) + $2
 WHERE greatest(r.tat, EXCLUDED.tat - $2) - (EXCLUDED.tat - $2) <= $3
 RETURNING key
@@ -168,24 +171,39 @@ class SharedState:
         self.command_timeout = command_timeout
         self._password = password
         self._pool: asyncpg.Pool | None = None
+        self._rate_pool: asyncpg.Pool | None = None
         self._rates: dict[tuple[int, float], _RateBatch] = {}
 
     async def open(self) -> None:
         """Connect (the store has created or upgraded the schema already)."""
         import asyncpg
 
+        name = f"slixmpp-push {self.owner}"[:63]
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, password=self._password, min_size=1, max_size=POOL_SIZE,
                 timeout=self.connect_timeout, command_timeout=self.command_timeout,
-                server_settings={"application_name": f"slixmpp-push {self.owner}"[:63]})
+                server_settings={"application_name": name})
+            # Rate budgets need no wait for the disk: one lost in a database crash only
+            # lets a node send a little early. Their commits return before the flush.
+            self._rate_pool = await asyncpg.create_pool(
+                self.url, password=self._password, min_size=1, max_size=RATE_POOL_SIZE,
+                timeout=self.connect_timeout, command_timeout=self.command_timeout,
+                server_settings={"application_name": name, "synchronous_commit": "off"})
         except Exception as exc:
+            for pool in (self._pool, self._rate_pool):
+                if pool is not None:
+                    pool.terminate()
+            self._pool = self._rate_pool = None
             raise StoreError(self._describe(exc)) from None
 
     async def close(self, *, release: bool = True) -> None:
         """Let the leases go (``release``: the others take this instance's pending
         notifications at their next sweep, not after the lease) and disconnect."""
         pool, self._pool = self._pool, None
+        rate_pool, self._rate_pool = self._rate_pool, None
+        if rate_pool is not None:
+            rate_pool.terminate()  # nothing there is worth waiting for
         if pool is None:
             return
         if release:
@@ -319,7 +337,7 @@ class SharedState:
 
     async def _use(self, operation: str,
                    work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        pool = self._pool
+        pool = self._rate_pool if operation == "rate" else self._pool
         if pool is None:
             raise StoreError(f"{self.where}: the shared state is closed")
         return await self._run(pool, operation, work)

@@ -78,6 +78,7 @@ import asyncio
 import itertools
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -266,6 +267,18 @@ def unique_user(prefix: str = "user") -> str:
 class Account:
     jid: str
     password: str
+
+
+async def logged(server: DevServer, text: str, timeout: float = 5.0) -> str:
+    """The server's log once it holds ``text`` (servers write a line a moment after they
+    act: ejabberd's logger is asynchronous); AssertionError with the log after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while text not in (log := server.log_text()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the log of {server} within {timeout} s:\n"
+                                 f"{log[-3000:]}")
+        await asyncio.sleep(0.05)
+    return log
 
 
 async def make_account(server: DevServer, prefix: str = "user") -> Account:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fakes.fake_apns import FakeApns
 from fakes.fake_fcm import FakeFcm
 from fakes.tls import TestCA
-from servers import make_account
+from servers import logged, make_account
 
 from slixmpp_push.cli import main
 from slixmpp_push.config import AppConfig, XmppConfig
@@ -400,7 +400,7 @@ async def test_client_mode_gets_past_a_refused_scram_mechanism(scram_ejabberd: D
 
     good = await check_xmpp(config(account.password), 5, allow_plaintext=True)
     assert good == CheckResult("xmpp", Status.PASS, f"logged in as {account.jid} at {host}:{port}")
-    assert "Invalid channel binding" in scram_ejabberd.log_text()
+    await logged(scram_ejabberd, "Invalid channel binding")
     wrong = await check_xmpp(config("wrong password"), 5, allow_plaintext=True)
     assert wrong.detail == f"the server refused the password of {account.jid}: not-authorized"
 

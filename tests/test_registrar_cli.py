@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 from e2e import APNS_APP, MONAL_MODULE, TOPIC, running_appserver, send_chat
-from servers import Account, Connections, make_account, own_server
+from servers import Account, Connections, logged, make_account, own_server
 
 from slixmpp_push import AppConfig
 from slixmpp_push.cli import main
@@ -265,7 +265,7 @@ async def test_a_refused_scram_mechanism_is_not_the_end(scram_ejabberd: DevServe
     assert (code, err) == (0, "")
     assert out.splitlines()[0] == "localhost supports push (urn:xmpp:push:0)"
     # It logged in after a refusal, not at the first try: ejabberd refused SCRAM.
-    assert "Invalid channel binding" in scram_ejabberd.log_text(), scram_ejabberd.log_text()
+    await logged(scram_ejabberd, "Invalid channel binding")
 
     code, out, err = await cli("status", *common, "--password-env", "PW",
                                env={"PW": "not-the-password"})

@@ -161,14 +161,19 @@ async def test_concurrent_publishes_share_the_budget_exactly(
 async def test_settling_an_older_version_keeps_the_newer_one(
         instances: Callable[..., asyncio.Future[Instance]]) -> None:
     a = await instances("a")
-    version, mine = await a.shared.keep("n1", {"x": 1})
-    assert mine and version == 1
-    newer, mine = await a.shared.keep("n1", {"x": 2})
-    assert newer == 2 and mine
+    version, mine, stored = await a.shared.keep("n1", {"x": 1})
+    assert mine and stored is None
+    newer, mine, stored = await a.shared.keep("n1", {"x": 2})
+    assert newer > version and mine and stored is None
     left = await a.shared.settle("n1", version)
-    assert left is not None and left.doc == {"x": 2} and left.version == 2
+    assert left is not None and left.doc == {"x": 2} and left.version == newer
     assert await a.shared.settle("n1", newer) is None
     assert await a.shared.claim("n1") is None
+    # Written anew after the delete: a version above any the key had, so that a late
+    # settle of an old version cannot delete it.
+    again, _, _ = await a.shared.keep("n1", {"x": 3})
+    assert again > newer
+    assert await a.shared.settle("n1", newer) is not None
 
 
 async def test_an_older_notification_never_replaces_a_newer_one(
@@ -179,11 +184,14 @@ async def test_an_older_notification_never_replaces_a_newer_one(
     b = await instances("b")
     newer = {"notification": {"received_at": 200.0}, "n": "newer"}
     older = {"notification": {"received_at": 100.0}, "n": "older"}
-    assert await a.shared.keep("n1", newer) == (1, True)
-    assert await b.shared.keep("n1", older) == (1, False)  # a's row, unchanged
+    version, mine, stored = await a.shared.keep("n1", newer)
+    assert mine and stored is None
+    assert await b.shared.keep("n1", older) == (version, False, newer)  # a's row, unchanged
+    assert await a.shared.keep("n1", older) == (version, True, newer)
     leased = await a.shared.claim("n1")
-    assert leased is not None and leased.doc == newer and leased.version == 1
-    assert await b.shared.keep("n1", {**newer, "n": "newest"}) == (2, False)
+    assert leased is not None and leased.doc == newer and leased.version == version
+    later, mine, stored = await b.shared.keep("n1", {**newer, "n": "newest"})
+    assert later > version and not mine and stored is None
 
 
 async def test_unregistering_through_one_instance_drops_what_another_holds(

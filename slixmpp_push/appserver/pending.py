@@ -190,8 +190,17 @@ class SharedBook:
                                            self.policy.rate_interval)
 
     async def keep(self, entry: Pending) -> Pending | None:
-        entry.version, mine = await self.shared.keep(entry.node, entry.to_doc())
-        return entry if mine else None
+        entry.version, mine, stored = await self.shared.keep(entry.node, entry.to_doc())
+        if not mine:
+            return None
+        newer = read_entry(entry.node, stored) if stored is not None else None
+        if newer is not None:
+            # A notification received later is stored already: it stands for this one,
+            # so this entry becomes it (a send of this one in flight then settles nothing).
+            entry.registration, entry.notification = newer.registration, newer.notification
+            entry.attempts, entry.first_queued, entry.due = (
+                newer.attempts, newer.first_queued, newer.due)
+        return entry
 
     async def retry(self, entry: Pending) -> Pending | None:
         if not entry.version:  # a first attempt failed: no row yet

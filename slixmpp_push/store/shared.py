@@ -84,11 +84,16 @@ def instance_name() -> str:
 # A notification received before the one stored (by another instance, a moment
 # earlier) does not replace it: the newer one is delivered, the older is coalesced.
 _RECEIVED = "coalesce((({doc})->'notification'->>'received_at')::float8, 0)"
+# A row's versions grow, and are never reused by a later row of the same key (a settle of
+# version v must not delete a notification written after the row was deleted and written
+# anew): the database clock in microseconds, or one more than the last.
+_NEXT_VERSION = "greatest(p.version + 1, (extract(epoch FROM clock_timestamp()) * 1e6)::bigint)"
+_FIRST_VERSION = "(extract(epoch FROM clock_timestamp()) * 1e6)::bigint"
 _KEEP = f"""
 INSERT INTO {PENDING} AS p (key, doc, owner, lease_until, version)
-VALUES ($1, $2, $3, now() + make_interval(secs => $4), 1)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4), {_FIRST_VERSION})
 ON CONFLICT (key) DO UPDATE SET
-    doc = EXCLUDED.doc, version = p.version + 1,
+    doc = EXCLUDED.doc, version = {_NEXT_VERSION},
     owner = CASE WHEN p.lease_until > now() THEN p.owner ELSE EXCLUDED.owner END,
     lease_until = CASE WHEN p.lease_until > now() THEN p.lease_until
                        ELSE EXCLUDED.lease_until END
@@ -96,14 +101,14 @@ WHERE {_RECEIVED.format(doc="EXCLUDED.doc")} >= {_RECEIVED.format(doc="p.doc")}
 RETURNING version, owner = $3 AS mine
 """
 # The row as it stands when _KEEP wrote nothing (a newer notification is kept there).
-_KEPT = f"SELECT version, owner = $2 AS mine FROM {PENDING} WHERE key = $1"
+_KEPT = f"SELECT version, owner = $2 AS mine, doc FROM {PENDING} WHERE key = $1"
 _CLAIM = f"""
 UPDATE {PENDING} SET owner = $2, lease_until = now() + make_interval(secs => $3)
 WHERE key = $1 AND (owner = $2 OR lease_until IS NULL OR lease_until <= now())
 RETURNING doc, version
 """
 _RESCHEDULE = f"""
-UPDATE {PENDING} SET doc = $3, version = version + 1
+UPDATE {PENDING} p SET doc = $3, version = {_NEXT_VERSION}
 WHERE key = $1 AND version = $2 AND owner = $4
 RETURNING version
 """
@@ -218,10 +223,12 @@ class SharedState:
             pool.terminate()
 
     # -- pending notifications ----------------------------------------------------------
-    async def keep(self, key: str, doc: dict[str, Any]) -> tuple[int, bool]:
+    async def keep(self, key: str, doc: dict[str, Any],
+                   ) -> tuple[int, bool, dict[str, Any] | None]:
         """Write ``doc`` as the node's pending notification, unless the one stored was
-        received after it (then that one stands for both): the version stored, and whether
-        this instance holds the lease (False: another one does, and delivers it)."""
+        received after it (then that one stands for both): the version stored, whether this
+        instance holds the lease (False: another one does, and delivers it), and the stored
+        document when it is not ``doc``."""
         text = _dumps(doc)
 
         async def run(conn: asyncpg.Connection) -> Any:
@@ -231,7 +238,8 @@ class SharedState:
         row = await self._use("keep", run)
         if row is None:  # deleted between the two statements: delivered meanwhile
             return await self.keep(key, doc)
-        return int(row["version"]), bool(row["mine"])
+        stored = _loads(row["doc"]) if len(row) > 2 else None  # _KEPT: ours not written
+        return int(row["version"]), bool(row["mine"]), stored
 
     async def claim(self, key: str) -> Leased | None:
         """The node's pending notification, now leased to this instance; None when another

@@ -46,13 +46,20 @@ stacks (the app's ``collapse = "none"`` turns that off); a page or notice with
 a key collapses on its own key. Bodies and senders reach Apple or Google only
 when the app's ``include_body`` is set. Payloads never exceed the provider's
 limit: text fields are shortened, the keys clients need never are.
+
+One notification to many devices (a page, a notice): :class:`RequestTemplates`
+builds the request once per app and dialect and copies it for every other device,
+with the same result as :func:`build_request` device by device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from .config import AppConfig
@@ -109,6 +116,10 @@ def signals_message(notification: Notification) -> bool:
                 or ((notification.message_count or 0) > 0 and not notification.unimportant))
 
 
+#: Makes a payload fit a number of bytes (``_fit``), or leaves it whole (``_whole``).
+Fitter = Callable[..., dict[str, Any]]
+
+
 def build_request(registration: Registration, notification: Notification,
                   app: AppConfig, now: float) -> PushRequest:
     """The request ``app``'s provider must send for ``notification``."""
@@ -120,7 +131,8 @@ def build_request(registration: Registration, notification: Notification,
 
 # -- APNs ----------------------------------------------------------------------
 def build_apns(registration: Registration, notification: Notification,
-               app: AppConfig, now: float) -> ApnsRequest:
+               app: AppConfig, now: float, fit: Fitter | None = None) -> ApnsRequest:
+    fit = fit or _fit
     shown = presentation(registration, notification)
     if shown is Presentation.CALL and registration.voip_token:
         return _apns_voip(registration, notification, app, now)
@@ -131,7 +143,7 @@ def build_apns(registration: Registration, notification: Notification,
         return ApnsRequest(
             token=registration.token, topic=app.topic, push_type="background", priority=5,
             expiration=int(now) + app.ttl,
-            payload=_fit({"aps": {"content-available": 1}, **custom}, APNS_MAX_PAYLOAD),
+            payload=fit({"aps": {"content-available": 1}, **custom}, APNS_MAX_PAYLOAD),
         )
     alert: dict[str, str]
     aps: dict[str, Any]
@@ -159,8 +171,8 @@ def build_apns(registration: Registration, notification: Notification,
         aps["thread-id"] = _thread_id(registration, notification, app)
     # Only a page's or notice's own text may be shortened; the neutral titles stay whole.
     own_text = shown is Presentation.URGENT or shown is Presentation.NOTICE
-    payload = _fit({"aps": aps, **custom}, APNS_MAX_PAYLOAD,
-                   nested=aps["alert"] if own_text else None)
+    payload = fit({"aps": aps, **custom}, APNS_MAX_PAYLOAD,
+                  nested=aps["alert"] if own_text else None)
     return ApnsRequest(
         token=registration.token, topic=app.topic, push_type="alert", priority=priority,
         expiration=int(now) + app.ttl, payload=payload, collapse_id=collapse,
@@ -189,7 +201,7 @@ def _apns_voip(registration: Registration, notification: Notification,
 
 # -- FCM -----------------------------------------------------------------------
 def build_fcm(registration: Registration, notification: Notification,
-              app: AppConfig, now: float) -> FcmRequest:
+              app: AppConfig, now: float, fit: Fitter | None = None) -> FcmRequest:
     if registration.dialect is Dialect.P2:
         # Conversations wakes up and fetches; it never wants content from us.
         assert registration.device_key is not None
@@ -206,7 +218,7 @@ def build_fcm(registration: Registration, notification: Notification,
     urgent = shown is not Presentation.WAKE and shown is not Presentation.NOTICE
     if urgent:
         data["priority"] = "high"
-    data = _fit(data, FCM_MAX_PAYLOAD)
+    data = (fit or _fit)(data, FCM_MAX_PAYLOAD)
     title = body = channel = None
     if notification.title:  # a page or a notice: shown by Android on the app's channel
         title = notification.title
@@ -219,6 +231,97 @@ def build_fcm(registration: Registration, notification: Notification,
         collapse_key=collapse, title=title, body=body, channel_id=channel,
         tag=collapse if title is not None else None,
     )
+
+
+# -- one notification, many devices -------------------------------------------------
+#: Every field of a notification, as a tuple (a C getter: cheap to take per device).
+_notification_fields = operator.attrgetter(
+    *(field.name for field in dataclasses.fields(Notification)))
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class _Prototype:
+    """A device's request, unfitted, that other devices of its app and dialect copy."""
+
+    app: AppConfig
+    request: PushRequest
+    fields: dict[str, Any]  # the request's fields, for a copy (dataclasses.replace's work)
+    payload: dict[str, Any]  # the request's payload (APNs) or data (FCM), whole
+    now: float
+    limit: int
+    cost: int  # _cost(payload) without the account's value
+    size: int  # _size(payload) without the account's value
+
+
+class RequestTemplates:
+    """The requests for the many devices of one notification (a page, a notice).
+
+    Paging 10,000 devices takes 10,000 requests that differ in the device token, the
+    payload's ``account`` and the expiration only: the first device of each app and
+    dialect gets its request built whole, the others a copy with those three changed,
+    sharing the rest (the ``aps`` dict, the notification's fields, the headers' values).
+    Where a request depends on more of the registration (a call: the VoIP token; a chat
+    message's thread: the conversation; Conversations' keys) or would have to be
+    shortened, :func:`build_request` builds it. Either way each request equals
+    :func:`build_request`'s for the same arguments (tests compare them), also when the
+    caller changes the notification between two devices (its fields are compared).
+    """
+
+    def __init__(self, notification: Notification) -> None:
+        self.notification = notification
+        self._prototypes: dict[tuple[str, Dialect], _Prototype | None] = {}
+        self._content = _notification_fields(notification)
+
+    def build(self, registration: Registration, app: AppConfig, now: float) -> PushRequest:
+        content = _notification_fields(self.notification)
+        if content != self._content:  # changed in place by the caller: start afresh
+            self._content = content
+            self._prototypes.clear()
+        key = (app.id, registration.dialect)
+        try:
+            prototype = self._prototypes[key]
+        except KeyError:
+            prototype = self._prototypes[key] = self._prototype(registration, app, now)
+        if prototype is None or prototype.app is not app:
+            return build_request(registration, self.notification, app, now)
+        account = registration.account
+        if prototype.cost + len(account) + 2 > _budget(prototype.limit) \
+                and prototype.size + _json_size(account) > prototype.limit:
+            return build_request(registration, self.notification, app, now)  # to shorten
+        payload = {**prototype.payload, "account": account}  # same key order
+        request = prototype.request
+        if isinstance(request, ApnsRequest):
+            return ApnsRequest(**{
+                **prototype.fields, "token": registration.token, "payload": payload,
+                "expiration": request.expiration - int(prototype.now) + int(now)})
+        return FcmRequest(**{
+            **prototype.fields, "token": registration.token, "data": payload})
+
+    def _prototype(self, registration: Registration, app: AppConfig, now: float,
+                   ) -> _Prototype | None:
+        notification = self.notification
+        if notification.is_call or registration.dialect is Dialect.P2:
+            return None  # the VoIP token; Conversations' device and channel keys
+        request: PushRequest
+        if app.request_format == "fcm":
+            fcm = request = build_fcm(registration, notification, app, now, _whole)
+            payload, limit = fcm.data, FCM_MAX_PAYLOAD
+            collapse = fcm.collapse_key
+            threaded = False
+        else:
+            apns = request = build_apns(registration, notification, app, now, _whole)
+            payload, limit = apns.payload, APNS_MAX_PAYLOAD
+            collapse = apns.collapse_id
+            threaded = "thread-id" in payload.get("aps", {})
+        if not notification.collapse_key and (collapse is not None or threaded):
+            return None  # collapsed or threaded per conversation: the account's, the token's
+        account = payload.get("account")
+        if not isinstance(account, str) or account != registration.account:
+            return None
+        fields = {field.name: getattr(request, field.name)
+                  for field in dataclasses.fields(request) if field.init}
+        return _Prototype(app, request, fields, payload, now, limit,
+                          _cost(payload) - _cost(account), _size(payload) - _json_size(account))
 
 
 # -- one notification per event ----------------------------------------------------
@@ -276,16 +379,29 @@ def _visible_fields(registration: Registration, notification: Notification,
 
 def _surely_small(value: Any, limit: int) -> bool:
     """A cheap upper bound: each character is at most 6 bytes of JSON (\\uXXXX)."""
-    budget = limit // 6 - 16
+    return _cost(value) <= _budget(limit)
 
-    def cost(item: Any) -> int:
-        if isinstance(item, dict):
-            return sum(cost(k) + cost(v) + 4 for k, v in item.items()) + 2
-        if isinstance(item, list | tuple):
-            return sum(cost(v) + 2 for v in item) + 2
-        return len(str(item)) + 2
 
-    return cost(value) <= budget
+def _budget(limit: int) -> int:
+    return limit // 6 - 16
+
+
+def _cost(item: Any) -> int:
+    """Characters of ``item`` as :func:`_surely_small` counts them."""
+    if isinstance(item, dict):
+        return sum(_cost(k) + _cost(v) + 4 for k, v in item.items()) + 2
+    if isinstance(item, list | tuple):
+        return sum(_cost(v) + 2 for v in item) + 2
+    return len(str(item)) + 2
+
+
+def _whole(payload: dict[str, Any], limit: int, nested: Any = None) -> dict[str, Any]:
+    """A :data:`Fitter` that leaves the payload as it is (see :class:`RequestTemplates`)."""
+    return payload
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())
 
 
 def _size(payload: dict[str, Any]) -> int:

@@ -38,7 +38,7 @@ from ..errors import DeliveryResult, Outcome, StoreError
 from ..logs import LogSampler, loggable_node
 from ..metrics import Metrics
 from ..models import Dialect, Notification, Registration
-from ..payloads import build_request
+from ..payloads import RequestTemplates, build_request
 from ..providers.base import Provider
 from ..ratelimit import RateLimiter
 from ..store import Store
@@ -72,6 +72,10 @@ _SUBMITTED = {
 }
 
 
+#: The stats key of each provider outcome (built once: this is counted per push).
+_PROVIDER_STATS = {outcome: f"provider_{outcome.value}" for outcome in Outcome}
+
+
 class QueueFull(Exception):
     """Too many notifications are pending: answer the publish with ``wait``."""
 
@@ -91,6 +95,8 @@ DeadTokenHandler = Callable[[Registration, DeliveryResult], Awaitable[None]]
 #: A pending notification that could not be claimed (the database failing) is tried again
 #: after this many seconds.
 CLAIM_RETRY = 1.0
+#: Local notifications (pages, notices) whose request templates are kept.
+TEMPLATES_KEPT = 4
 
 __all__ = ["Delivery", "DeliveryPolicy", "Pending", "QueueFull", "RateLimiter", "Submitted"]
 
@@ -126,6 +132,8 @@ class Delivery:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
         self._full_log = LogSampler(log)
+        self._refused_log = LogSampler(log)
+        self._templates_by_notification: dict[int, RequestTemplates] = {}
 
     @property
     def limiter(self) -> RateLimiter | None:
@@ -210,7 +218,8 @@ class Delivery:
             current = asyncio.current_task()
             assert current is not None
             self._inflight[node] = current
-            return _SUBMITTED[(await self._send_and_settle(registration, notification)).outcome]
+            result = await self._send_and_settle(registration, notification, local=True)
+            return _SUBMITTED[result.outcome]
         task = self._start(registration, notification)
         done, _ = await asyncio.wait({task}, timeout=self.policy.reply_within)
         if not done:
@@ -269,6 +278,17 @@ class Delivery:
                           loggable_node(node), exc)
 
     # -- sending ----------------------------------------------------------------------
+    def _templates(self, notification: Notification) -> RequestTemplates:
+        """The request templates of ``notification`` (kept for the last few local ones:
+        a page and a notice may fan out at once)."""
+        key = id(notification)  # held below, so the id is not reused meanwhile
+        templates = self._templates_by_notification.get(key)
+        if templates is None:
+            templates = self._templates_by_notification[key] = RequestTemplates(notification)
+            if len(self._templates_by_notification) > TEMPLATES_KEPT:
+                del self._templates_by_notification[next(iter(self._templates_by_notification))]
+        return templates
+
     def _start(self, registration: Registration, notification: Notification,
                ) -> asyncio.Task[DeliveryResult]:
         node = registration.node
@@ -277,11 +297,12 @@ class Delivery:
         self._inflight[node] = task
         return task
 
-    async def _send_and_settle(self, registration: Registration,
-                               notification: Notification) -> DeliveryResult:
+    async def _send_and_settle(self, registration: Registration, notification: Notification,
+                               local: bool = False) -> DeliveryResult:
         try:
-            result = await self._send(registration, notification)
-            await self._settle(registration, notification, result)
+            result = await self._send(registration, notification, local)
+            if result.outcome is not Outcome.DELIVERED or registration.node in self._pending:
+                await self._settle(registration, notification, result)  # else nothing to do
             return result
         finally:
             self._inflight.pop(registration.node, None)
@@ -290,23 +311,29 @@ class Delivery:
                 self._schedule(registration.node, entry.due)
 
     async def _send(self, registration: Registration, notification: Notification,
-                    ) -> DeliveryResult:
+                    local: bool = False) -> DeliveryResult:
         provider = self.providers.get(registration.app)
         if provider is None:  # submit and _fire let none through: a safety net
             return DeliveryResult(Outcome.REJECTED,
                                   reason=f"app {registration.app!r} is not configured")
         try:
-            request = build_request(registration, notification, provider.app, time.time())
+            if local:  # a local sender's fan-out: one notification, many devices
+                request = self._templates(notification).build(registration, provider.app,
+                                                              time.time())
+            else:
+                request = build_request(registration, notification, provider.app, time.time())
         except ValueError as exc:
-            log.error("node %s: cannot build a request: %s", loggable_node(registration.node),
-                      exc)
+            # Sampled: a page's devices share their content, so they share the failure.
+            self._refused_log.log(logging.ERROR, f"unbuildable {registration.app}",
+                                  "node %s: cannot build a request: %s",
+                                  loggable_node(registration.node), exc)
             return DeliveryResult(Outcome.REJECTED, reason=str(exc))
         try:
             result = await provider.send(request)
         except Exception:  # a provider bug must not lose the notification
             log.exception("provider %s failed unexpectedly", provider.id)
             result = DeliveryResult(Outcome.RETRY, reason="provider error")
-        self.stats[f"provider_{result.outcome.value}"] += 1
+        self.stats[_PROVIDER_STATS[result.outcome]] += 1
         self.metrics.provider_result(registration.app, result, notification.received_at)
         return result
 
@@ -350,8 +377,12 @@ class Delivery:
             return
         if result.outcome is Outcome.REJECTED:
             said = " ".join(part for part in (str(result.status or ""), result.reason) if part)
-            log.error("node %s: %s rejected the notification: %s", loggable_node(node),
-                      registration.app, said or "no reason given")
+            # Sampled per app and status: a page to 10,000 devices that the provider
+            # refuses (a bad topic, a payload too large) is one line, not 10,000.
+            self._refused_log.log(logging.ERROR, f"rejected {registration.app} {result.status}",
+                                  "node %s: %s rejected the notification: %s",
+                                  loggable_node(node), registration.app,
+                                  said or "no reason given")
         if mine:
             await self._forget(node)
 

@@ -69,7 +69,7 @@ from slixmpp.plugins.base import BasePlugin
 from ..appserver import PushAppServer, Submitted
 from ..logs import loggable_node
 from ..metrics import Metrics
-from ..models import Notification, Priority
+from ..models import Notification, Priority, Registration
 from ..ratelimit import RateLimiter
 from ..store import MemoryStore, Store
 from .chat import ChatSender, PlainChat
@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP_DEPTH = 8
 FAN_OUT = 200  # deliveries in flight at once
+FAILURES_NAMED = 3  # failed pushes a fan-out's one log line names (and counts the rest)
 HINT_INTERVAL = 600.0  # seconds between two "unknown command" answers to one account
 #: Seconds the chat messages of a page wait for its remote publishes to be answered.
 REMOTE_HEAD_START = 2.0
@@ -237,35 +238,37 @@ class PushNotifier(BasePlugin):
         report = NotifyReport()
         specs = self.expand(targets, report)
         remote = [spec for spec in specs if spec.startswith("remote:")]
+        fan_out = _FanOut(notification, text, report, page, self.appserver,
+                          chat=self.config.get("chat", True),
+                          echo_window=self.config.get("echo_window", 15.0))
         # Remote publishes go first. An app server that trusts this pager arms its echo
         # guard before it answers a page's publish; a chat message sent before that
         # would make the account's server publish first, a second notification.
         # Bounded, so that a slow app server does not hold the chat messages back.
-        publishing = asyncio.ensure_future(
-            self._deliver_all(remote, notification, text, report, page))
+        publishing = asyncio.ensure_future(self._deliver_all(remote, fan_out))
         try:
             if remote:
                 await asyncio.wait({publishing}, timeout=REMOTE_HEAD_START)
             await self._deliver_all([spec for spec in specs if not spec.startswith("remote:")],
-                                    notification, text, report, page)
+                                    fan_out)
             await publishing
         finally:
             publishing.cancel()  # only when this delivery was cancelled itself
+            fan_out.log_failures()
         return report
 
-    async def _deliver_all(self, specs: Sequence[str], notification: Notification,
-                           text: str, report: NotifyReport, page: Page | None) -> None:
+    async def _deliver_all(self, specs: Sequence[str], fan_out: _FanOut) -> None:
         pending = iter(specs)
 
         async def worker() -> None:
             for spec in pending:  # workers share one iterator: no task per target
-                await self._deliver_one(spec, notification, text, report, page)
+                await self._deliver_one(spec, fan_out)
 
         await asyncio.gather(*(worker() for _ in range(min(FAN_OUT, len(specs)))))
 
-    async def _deliver_one(self, spec: str, notification: Notification, text: str,
-                           report: NotifyReport, page: Page | None) -> None:
-        appserver = self.appserver
+    async def _deliver_one(self, spec: str, fan_out: _FanOut) -> None:
+        appserver = fan_out.appserver
+        notification, report, page = fan_out.notification, fan_out.report, fan_out.page
         if spec.startswith("remote:"):
             name = spec[len("remote:"):]
             shared = self.config.get("shared") is not None
@@ -288,28 +291,27 @@ class PushNotifier(BasePlugin):
                 registration, notification)
             return
         account = bare_jid(spec)
-        chat = self.config.get("chat", True)
-        if appserver is not None:
-            for registration in appserver.store.by_account(account):
+        chat = fan_out.chat
+        store = fan_out.store
+        if appserver is not None and store is not None:
+            for registration in store.by_account(account):
                 try:
                     submitted = await appserver.notify(registration, notification)
                 except Exception as exc:  # one device's trouble must not stop a page
-                    log.error("push to %s failed: %s", loggable_node(registration.node), exc)
+                    fan_out.failed(registration, exc)
                     continue
                 report.pushes[registration.node] = submitted
                 if chat and submitted in PUSHED:
                     # The chat message below makes an offline account's server publish
                     # once more: that publish must not become a second notification.
-                    appserver.expect_echo(registration.node, self._own_jid,
-                                          self.config.get("echo_window", 15.0))
+                    appserver.expect_echo(registration.node, self._own_jid, fan_out.echo_window)
         if chat:
-            message_id = await self.chat_sender.send(account, text)
+            message_id = await self.chat_sender.send(account, fan_out.text)
             report.chats.append(account)
             if message_id and page is not None:
                 self._receipts[message_id] = page.id
                 del_oldest(self._receipts, 10_000)
-        if page is not None and account not in page.paged:
-            page.paged.append(account)
+        fan_out.paged(account)
 
     def expand(self, targets: Sequence[str], report: NotifyReport | None = None,
                depth: int = 0) -> list[str]:
@@ -516,6 +518,57 @@ class PushNotifier(BasePlugin):
         page = self.engine.find(page_id)
         if page is not None and page.state is not PageState.RESOLVED:
             await self.engine.note(page, "receipt", message["from"].bare)
+
+
+class _FanOut:
+    """One notify or page turn on its way to every target: what its workers share."""
+
+    def __init__(self, notification: Notification, text: str, report: NotifyReport,
+                 page: Page | None, appserver: PushAppServer | None, chat: bool,
+                 echo_window: float) -> None:
+        self.notification = notification
+        self.text = text
+        self.report = report
+        self.page = page
+        self.appserver = appserver
+        self.store = appserver.store if appserver is not None else None
+        self.chat = chat
+        self.echo_window = echo_window
+        # A set beside page.paged: a list scan per account made a 10k-account page
+        # quadratic. Accounts are still added one by one, as they are reached: one may
+        # ack before the last push of a large page has gone out.
+        self._paged_list: list[str] = []
+        self._paged: set[str] = set()
+        self._failures: list[tuple[Registration, Exception]] = []
+        self._failure_count = 0
+
+    def paged(self, account: str) -> None:
+        """``account`` was reached: on the page's list of accounts paged, once."""
+        page = self.page
+        if page is None:
+            return
+        if page.paged is not self._paged_list:
+            # The first account, or the page was replaced by its stored copy (several
+            # instances: PageEngine adopts it, with our accounts, while we send).
+            self._paged_list, self._paged = page.paged, set(page.paged)
+        if account not in self._paged:
+            self._paged.add(account)
+            page.paged.append(account)
+
+    def failed(self, registration: Registration, exc: Exception) -> None:
+        """A push that raised (a full queue, a failing store): logged once per fan-out."""
+        self._failure_count += 1
+        if len(self._failures) < FAILURES_NAMED:
+            self._failures.append((registration, exc))
+
+    def log_failures(self) -> None:
+        if not self._failure_count:
+            return
+        named = "; ".join(f"{loggable_node(registration.node)}: {exc}"
+                          for registration, exc in self._failures)
+        more = self._failure_count - len(self._failures)
+        log.error("push to %d device(s) failed: %s%s", self._failure_count, named,
+                  f"; and {more} more" if more else "")
 
 
 @functools.lru_cache(maxsize=65536)

@@ -7,8 +7,10 @@ the core never touches raw XML or dicts.
 from __future__ import annotations
 
 import enum
+import operator
+import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 
 class Dialect(str, enum.Enum):
@@ -34,39 +36,242 @@ class Priority(str, enum.Enum):
         return self in (Priority.HIGH, Priority.CRITICAL)
 
 
-@dataclass(slots=True)
+#: The fields of a registration, in the order of its documents' keys.
+REGISTRATION_FIELDS = ("node", "account", "domain", "app", "token", "dialect", "secret",
+                       "voip_token", "device_id", "device_key", "channel", "channel_key",
+                       "created", "updated")
+_DIALECTS = {dialect.value: dialect for dialect in Dialect}
+_doc_values = operator.itemgetter(*REGISTRATION_FIELDS)
+_new = object.__new__
+_intern = sys.intern
+_fromhex = bytes.fromhex
+
+
+def _shared(value: Any) -> Any:
+    """One string object for every registration of an app or a domain: there are few."""
+    return sys.intern(value) if type(value) is str else value
+
+
+def _compact(value: Any) -> Any:
+    """Hex text (APNs device tokens, p2's sha1 keys) as the bytes it spells, half the
+    size; only text those bytes spell back exactly (lowercase, no spaces)."""
+    if type(value) is str and value and not len(value) & 1:
+        try:
+            packed = bytes.fromhex(value)
+        except ValueError:
+            return value
+        if packed.hex() == value:
+            return packed
+    return value
+
+
+def _expand(value: Any) -> Any:
+    return value.hex() if type(value) is bytes else value
+
+
+def _updated(created: Any, updated: Any) -> Any:
+    """``updated``, or the very ``created`` object when equal: most registrations were
+    never updated, and then hold one float object instead of two."""
+    if updated == created and type(updated) is float and type(created) is float and updated:
+        return created
+    return updated
+
+
+#: The fields most registrations leave empty, kept together in one tuple (or None).
+_RARE = ("secret", "device_id", "device_key", "channel", "channel_key")
+_NO_RARE = (None,) * len(_RARE)
+
+
+def _rare_fields(secret: str | None, device_id: str | None, device_key: str | None,
+                 channel: str | None, channel_key: str | None) -> tuple[Any, ...] | None:
+    if secret is None and device_id is None and device_key is None and channel is None \
+            and channel_key is None:
+        return None
+    return (secret, _compact(device_id), _compact(device_key), channel, _compact(channel_key))
+
+
+class _Rare:
+    """One of the :data:`_RARE` fields of a :class:`Registration`, in its ``_rare`` tuple."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    @overload
+    def __get__(self, instance: None, owner: Any = None) -> _Rare: ...
+    @overload
+    def __get__(self, instance: Registration, owner: Any = None) -> str | None: ...
+
+    def __get__(self, instance: Registration | None, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        rare = instance._rare
+        return None if rare is None else _expand(rare[self.index])
+
+    def __set__(self, instance: Registration, value: str | None) -> None:
+        rare = [_expand(field) for field in instance._rare or _NO_RARE]
+        rare[self.index] = value
+        instance._rare = _rare_fields(*rare)
+
+
 class Registration:
     """One device registered with the app server, addressed by its node.
 
     ``account`` is the bare JID that registered it and ``domain`` the XMPP
-    server allowed to publish to the node.
+    server allowed to publish to the node. ``app`` is the provider id of the
+    configured app (e.g. "tigase:messenger:apns:1"). p2 (Conversations) sets
+    ``device_id`` (its android-id; v1: the client-chosen node), ``device_key``
+    (sha1(account \\0 device id), sent as "account"), and for a group chat
+    ``channel`` (its bare JID) and ``channel_key`` (sha1(muc \\0 device id)).
+
+    A store keeps one of these per device, hundreds of thousands of them, so they are
+    compact: slots; one shared string per app and domain (interned); hex tokens and
+    keys as the bytes they spell (the attributes still read and compare as text); the
+    five fields most registrations leave empty in one slot. An APNs registration with
+    a VoIP token then takes about 480 bytes, the store's indexes included
+    (``benchmarks/store.py``). Reading ``token`` makes its text again (about 0.1 µs).
+    Registrations are replaced, not changed, once stored.
     """
+
+    __slots__ = ("_rare", "_token", "_voip_token", "account", "app", "created", "dialect",
+                 "domain", "node", "updated")
 
     node: str
     account: str
     domain: str
-    app: str  # the provider id of the configured app (e.g. "tigase:messenger:apns:1")
-    token: str
+    app: str
     dialect: Dialect
-    secret: str | None = None
-    voip_token: str | None = None
-    device_id: str | None = None  # android-id (p2) or client-chosen node (v1)
-    device_key: str | None = None  # p2: sha1(account \0 device id), sent as "account"
-    channel: str | None = None  # p2: muc bare JID this registration is for
-    channel_key: str | None = None  # p2: sha1(muc \0 device id)
-    created: float = 0.0
-    updated: float = 0.0
+    created: float
+    updated: float
+
+    def __init__(self, node: str, account: str, domain: str, app: str, token: str,
+                 dialect: Dialect, secret: str | None = None, voip_token: str | None = None,
+                 device_id: str | None = None, device_key: str | None = None,
+                 channel: str | None = None, channel_key: str | None = None,
+                 created: float = 0.0, updated: float = 0.0) -> None:
+        self.node = node
+        self.account = account
+        self.domain = _shared(domain)
+        self.app = _shared(app)
+        self.dialect = dialect
+        self.created = created
+        self.updated = _updated(created, updated)
+        self._token = _compact(token)
+        self._voip_token = _compact(voip_token)
+        self._rare = _rare_fields(secret, device_id, device_key, channel, channel_key)
+
+    @property
+    def token(self) -> str:
+        token = self._token
+        return token.hex() if type(token) is bytes else token
+
+    @token.setter
+    def token(self, value: str) -> None:
+        self._token = _compact(value)
+
+    @property
+    def voip_token(self) -> str | None:
+        token = self._voip_token
+        return token.hex() if type(token) is bytes else token
+
+    @voip_token.setter
+    def voip_token(self, value: str | None) -> None:
+        self._voip_token = _compact(value)
+
+    secret = _Rare(0)
+    device_id = _Rare(1)
+    device_key = _Rare(2)
+    channel = _Rare(3)
+    channel_key = _Rare(4)
 
     def to_doc(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["dialect"] = self.dialect.value
-        return doc
+        rare = self._rare or _NO_RARE
+        token, voip_token = self._token, self._voip_token
+        return {
+            "node": self.node, "account": self.account, "domain": self.domain,
+            "app": self.app, "token": token.hex() if type(token) is bytes else token,
+            "dialect": self.dialect.value, "secret": rare[0],
+            "voip_token": voip_token.hex() if type(voip_token) is bytes else voip_token,
+            "device_id": _expand(rare[1]), "device_key": _expand(rare[2]),
+            "channel": rare[3], "channel_key": _expand(rare[4]),
+            "created": self.created, "updated": self.updated,
+        }
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Registration:
         values = dict(doc)
         values["dialect"] = Dialect(values["dialect"])
         return cls(**values)
+
+    @classmethod
+    def from_stored(cls, key: str, doc: dict[str, Any]) -> Registration | None:
+        """What a store loads: the registration of ``doc``, a document as :meth:`to_doc`
+        writes it, found under ``key`` (its node). ``None`` for any other document:
+        :meth:`from_doc` then says what is wrong with it (or copes with it)."""
+        if len(doc) != len(REGISTRATION_FIELDS):
+            return None
+        try:
+            (node, account, domain, app, token, dialect, secret, voip_token, device_id,
+             device_key, channel, channel_key, created, updated) = _doc_values(doc)
+        except KeyError:
+            return None
+        if node != key or type(dialect) is not str or dialect not in _DIALECTS:
+            return None
+        # What __init__ does, without its calls (a store loads 100k of these at start),
+        # as long as the fields are of their types.
+        if type(domain) is not str or type(app) is not str or type(created) is not float:
+            return cls(key, account, domain, app, token, _DIALECTS[dialect], secret,
+                       voip_token, device_id, device_key, channel, channel_key, created,
+                       updated)
+        self = _new(cls)
+        self.node = key
+        self.account = account
+        self.domain = _intern(domain)
+        self.app = _intern(app)
+        self.dialect = _DIALECTS[dialect]
+        self.created = created
+        self.updated = created if updated == created and type(updated) is float and updated \
+            else updated
+        # _compact, twice, written out: 10 % of a 100k load's time was in these calls.
+        if type(token) is str and token and not len(token) & 1:
+            try:
+                packed = _fromhex(token)
+                if packed.hex() == token:
+                    token = packed
+            except ValueError:
+                pass
+        self._token = token
+        if type(voip_token) is str and voip_token and not len(voip_token) & 1:
+            try:
+                packed = _fromhex(voip_token)
+                if packed.hex() == voip_token:
+                    voip_token = packed
+            except ValueError:
+                pass
+        self._voip_token = voip_token
+        if secret is None and device_id is None and device_key is None and channel is None \
+                and channel_key is None:
+            self._rare = None
+        else:
+            self._rare = _rare_fields(secret, device_id, device_key, channel, channel_key)
+        return self
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.node, self.account, self.domain, self.app, self._token, self.dialect,
+                self._rare, self._voip_token, self.created, self.updated)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Registration)
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in REGISTRATION_FIELDS)
+        return f"{type(self).__name__}({shown})"
 
 
 @dataclass(slots=True)

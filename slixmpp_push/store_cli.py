@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ async def _read_source(source: _Side) -> Tables:
         await store.close()
 
 
-def _counts(tables: dict[str, dict[str, Any]]) -> str:
+def _counts(tables: Mapping[str, Mapping[str, Any]]) -> str:
     """``3 registrations, 1 pending, …`` for the tables that hold anything."""
     return ", ".join(f"{len(docs)} {name.replace('_', ' ')}"
                      for name, docs in tables.items() if docs)

@@ -4,7 +4,13 @@ Reads are synchronous and answered from in-memory indexes (a publish never
 scans); writes are coroutines that return once the change is durable. A back
 end only implements :meth:`Store._persist` (and loading); everything else —
 indexes, typed accessors, rollback on a failed write, the write health that
-/health reports (:class:`~.status.StoreStatus`) — lives here once. A back end
+/health reports (:class:`~.status.StoreStatus`) — lives here once.
+
+Registrations are kept once, as compact :class:`~slixmpp_push.models.Registration`
+objects (hundreds of thousands of them): the ``registrations`` table's documents are
+made when read (:class:`RegistrationDocs`), and the indexes hold node strings, the
+very ones the objects hold. A back end builds the objects as it reads its documents
+(:class:`LoadedRegistrations`), without a table of documents in between. A back end
 that other processes write too (PostgreSQL) applies their changes to memory
 with :meth:`Store._apply_remote`, which updates the indexes and persists nothing, then
 tells whoever :meth:`Store.watch`-es that table.
@@ -14,8 +20,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import gc
 import logging
+import operator
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import StoreError
@@ -40,6 +51,8 @@ DeviceIdentity = tuple[str, str, str, str]
 #: Told of another process's change of one document: (key, document or None if deleted).
 Watcher = Callable[[str, dict[str, Any] | None], None]
 
+_app_of = operator.attrgetter("app")
+
 
 def device_identity(registration: Registration) -> DeviceIdentity:
     """What makes a re-registration "the same device" (it then keeps its node)."""
@@ -47,14 +60,99 @@ def device_identity(registration: Registration) -> DeviceIdentity:
     return (registration.account, registration.app, device, registration.channel or "")
 
 
+@contextlib.contextmanager
+def collections_paused() -> Iterator[None]:
+    """No automatic garbage collection meanwhile (a store building its 100k objects):
+    each full collection would walk every object built so far, and everything else the
+    process holds, several times over; a fifth of the time a load takes. What is built
+    holds no reference cycles. (Process-wide: a second load at the same time, in
+    another thread, leaves collections as the first one found them.)"""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+class LoadedRegistrations:
+    """The registrations table as a back end reads it, in its order: each document
+    becomes its :class:`Registration` at once (:meth:`Registration.from_stored`), or,
+    when it is not a document as this release writes it, stays a document, which the
+    store checks when it opens (:meth:`Registration.from_doc`, and its error)."""
+
+    __slots__ = ("entries", "unbuilt")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Registration | Any] = {}
+        self.unbuilt: set[str] = set()  # keys whose entry is still a document
+
+    def put(self, key: str, doc: Any) -> None:
+        built = Registration.from_stored(key, doc) if type(doc) is dict else None
+        if built is None:
+            self.keep(key, doc)
+        else:
+            self.entries[key] = built
+            if self.unbuilt:
+                self.unbuilt.discard(key)
+
+    def keep(self, key: str, doc: Any) -> None:
+        """Keep ``doc`` as it is, to be checked when the store opens."""
+        self.entries[key] = doc
+        self.unbuilt.add(key)
+
+    def delete(self, key: str) -> None:
+        self.entries.pop(key, None)
+        if self.unbuilt:
+            self.unbuilt.discard(key)
+
+
+@dataclass
+class Loaded:
+    """What a back end read when the store opens."""
+
+    #: Every table but the registrations: key -> document.
+    documents: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    registrations: LoadedRegistrations = field(default_factory=LoadedRegistrations)
+
+
+class RegistrationDocs(Mapping[str, dict[str, Any]]):
+    """The ``registrations`` table as documents, each made when it is read
+    (:meth:`Registration.to_doc`): the store keeps only the objects."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        return self._store._registrations[key].to_doc()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store._registrations)
+
+    def __len__(self) -> int:
+        return len(self._store._registrations)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._store._registrations
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} registration documents>"
+
+
 class Store(abc.ABC):
     """Durable tables of JSON documents, with typed access for registrations."""
 
     def __init__(self) -> None:
-        self._tables: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in TABLES}
+        #: Every table but the registrations: key -> document.
+        self._tables: dict[str, dict[str, dict[str, Any]]] = {
+            name: {} for name in TABLES if name != REGISTRATIONS}
         self._registrations: dict[str, Registration] = {}
-        self._by_identity: dict[DeviceIdentity, str] = {}
-        self._by_account: dict[str, set[str]] = {}
+        #: account -> its node, or its nodes (oldest first) when it has several.
+        self._by_account: dict[str, str | list[str]] = {}
         self._app_counts: dict[str, int] = {}
         self._opened = False
         self._opening: asyncio.Future[None] | None = None
@@ -77,15 +175,15 @@ class Store(abc.ABC):
     async def _open_once(self) -> None:
         if self._opened:
             return
-        self._load_tables(await self._load())
+        self._adopt(await self._load())
         self._opened = True
         await self._loaded()
 
     async def close(self) -> None:
         """Flush and release the back end."""
 
-    async def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return {}
+    async def _load(self) -> Loaded:
+        return Loaded()
 
     async def _loaded(self) -> None:
         """Called once the tables are in memory (a back end starts its writer here)."""
@@ -94,29 +192,65 @@ class Store(abc.ABC):
     async def _persist(self, ops: list[Op]) -> None:
         """Make ``ops`` durable; raise :class:`StoreError` when that fails."""
 
-    def _load_tables(self, tables: dict[str, dict[str, dict[str, Any]]]) -> None:
-        for name in TABLES:
-            self._tables[name] = dict(tables.get(name, {}))
-        self._registrations.clear()
-        self._by_identity.clear()
-        self._by_account.clear()
-        self._app_counts.clear()
-        for node, doc in self._tables[REGISTRATIONS].items():
-            try:
-                self._index(Registration.from_doc(doc))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise StoreError(f"registration {node!r} in the store is invalid: {exc}") from exc
+    def _adopt(self, loaded: Loaded, invalid: str = "registration {!r} in the store is "
+               "invalid: {}") -> None:
+        """Take what was loaded as the store's content (the objects themselves, no copy).
+        StoreError (``invalid``, with the key and the problem) for the first
+        registration that is not one."""
+        for name in self._tables:
+            self._tables[name] = loaded.documents.get(name, {})
+        with collections_paused():
+            self._adopt_registrations(loaded.registrations, invalid)
+
+    def _adopt_registrations(self, loaded: LoadedRegistrations, invalid: str) -> None:
+        self._by_account = {}
+        self._app_counts = {}
+        entries = loaded.entries
+        if loaded.unbuilt:  # documents of another shape: one by one, as ever
+            self._registrations = {}
+            for key, entry in entries.items():
+                if not isinstance(entry, Registration):
+                    try:
+                        entry = Registration.from_doc(entry)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise StoreError(invalid.format(key, exc)) from exc
+                old = self._registrations.get(entry.node)
+                if old is not None:  # two keys, one node (a hand-made file)
+                    self._unindex(old)
+                self._index(entry)
+        else:
+            self._registrations = entries  # every entry is a Registration under its node
+            # _index_lookups's work, in fewer steps (100k registrations at start).
+            self._app_counts = dict(Counter(map(_app_of, entries.values())))
+            claim = self._by_account.setdefault
+            for node, registration in entries.items():
+                first = claim(registration.account, node)
+                if first is not node:  # the account's second registration, or later
+                    self._index_account(registration)
 
     # -- registrations ------------------------------------------------------
     def get(self, node: str) -> Registration | None:
         return self._registrations.get(node)
 
     def find_device(self, identity: DeviceIdentity) -> Registration | None:
-        node = self._by_identity.get(identity)
-        return self._registrations.get(node) if node is not None else None
+        """The account's registration of that device: the latest indexed, should there be
+        several (an account has a few: a scan of them costs less than an index)."""
+        nodes = self._by_account.get(identity[0])
+        if nodes is None:
+            return None
+        for node in (nodes,) if type(nodes) is str else reversed(nodes):
+            registration = self._registrations[node]
+            if device_identity(registration) == identity:
+                return registration
+        return None
 
     def by_account(self, account: str) -> list[Registration]:
-        return [self._registrations[n] for n in sorted(self._by_account.get(account, ()))]
+        nodes = self._by_account.get(account)
+        if nodes is None:
+            return []
+        if type(nodes) is str:
+            return [self._registrations[nodes]]
+        return [self._registrations[n] for n in sorted(nodes)]
 
     def registrations(self) -> Iterator[Registration]:
         return iter(list(self._registrations.values()))
@@ -138,7 +272,8 @@ class Store(abc.ABC):
             self._unindex(old)
         self._index(registration)
         try:
-            await self._write(REGISTRATIONS, registration.node, registration.to_doc())
+            await self._persist_reported([(REGISTRATIONS, registration.node,
+                                           registration.to_doc())])
         except BaseException:
             if self._registrations.get(registration.node) is registration:
                 self._unindex(registration)
@@ -152,7 +287,7 @@ class Store(abc.ABC):
             return None
         self._unindex(old)
         try:
-            await self._write(REGISTRATIONS, node, None)
+            await self._persist_reported([(REGISTRATIONS, node, None)])
         except BaseException:
             if node not in self._registrations:
                 self._index(old)
@@ -161,37 +296,66 @@ class Store(abc.ABC):
 
     def _index(self, registration: Registration) -> None:
         self._registrations[registration.node] = registration
-        self._by_identity[device_identity(registration)] = registration.node
-        self._by_account.setdefault(registration.account, set()).add(registration.node)
-        self._app_counts[registration.app] = self._app_counts.get(registration.app, 0) + 1
+        self._index_lookups(registration)
+
+    def _index_lookups(self, registration: Registration) -> None:
+        """The account and app indexes of a registration already in ``_registrations``."""
+        self._index_account(registration)
+        app = registration.app
+        self._app_counts[app] = self._app_counts.get(app, 0) + 1
+
+    def _index_account(self, registration: Registration) -> None:
+        account, node = registration.account, registration.node
+        nodes = self._by_account.get(account)
+        # An account's later registrations take the first one's string for it.
+        if nodes is None:
+            self._by_account[account] = node
+        elif isinstance(nodes, str):
+            if nodes != node:
+                registration.account = self._registrations[nodes].account
+                self._by_account[account] = [nodes, node]
+        elif node not in nodes:
+            registration.account = self._registrations[nodes[0]].account
+            nodes.append(node)
 
     def _unindex(self, registration: Registration) -> None:
-        if self._registrations.pop(registration.node, None) is not None:
+        node = registration.node
+        if self._registrations.pop(node, None) is not None:
             left = self._app_counts.get(registration.app, 1) - 1
             if left:
                 self._app_counts[registration.app] = left
             else:
                 self._app_counts.pop(registration.app, None)
-        identity = device_identity(registration)
-        if self._by_identity.get(identity) == registration.node:
-            del self._by_identity[identity]
-        nodes = self._by_account.get(registration.account)
-        if nodes is not None:
-            nodes.discard(registration.node)
-            if not nodes:
-                del self._by_account[registration.account]
+        account = registration.account
+        nodes = self._by_account.get(account)
+        if nodes is None:
+            return
+        if isinstance(nodes, str):
+            if nodes == node:
+                del self._by_account[account]
+        elif node in nodes:
+            nodes.remove(node)
+            if len(nodes) == 1:
+                self._by_account[account] = nodes[0]
+            elif not nodes:
+                del self._by_account[account]
 
     # -- generic tables (pending notifications, dead tokens) ---------------------
     async def reread(self, name: str, key: str) -> None:
         """Read one document again from where other processes write (a shared database);
         a store only this process writes has nothing to read."""
 
-    def table(self, name: str) -> dict[str, dict[str, Any]]:
-        """A read-only view of a table's documents by key."""
+    def table(self, name: str) -> Mapping[str, dict[str, Any]]:
+        """A read-only view of a table's documents by key (the registrations' are made
+        as they are read: :meth:`get` is what a publish uses)."""
+        if name == REGISTRATIONS:
+            return RegistrationDocs(self)
         return self._tables[name]
 
     async def set_doc(self, name: str, key: str, doc: dict[str, Any] | None) -> None:
         """Write (or with ``None`` delete) one document of a generic table."""
+        if name == REGISTRATIONS:
+            raise ValueError("registrations are written with put() and remove()")
         await self._write(name, key, doc)
 
     async def _write(self, name: str, key: str, doc: dict[str, Any] | None) -> None:
@@ -227,31 +391,34 @@ class Store(abc.ABC):
         """Make the store hold exactly ``tables`` (a table not given: empty), in one write:
         what ``slixmpp-push store migrate`` copies. Memory is restored if it fails."""
         new = {name: dict(tables.get(name, {})) for name in TABLES}
+        replacement = Loaded({name: new[name] for name in self._tables})
         for node, doc in new[REGISTRATIONS].items():
             try:
-                Registration.from_doc(doc)
+                replacement.registrations.entries[node] = Registration.from_doc(doc)
             except (KeyError, TypeError, ValueError) as exc:
                 raise StoreError(f"registration {node!r} is invalid: {exc}") from exc
+            if replacement.registrations.entries[node].node != node:
+                replacement.registrations.unbuilt.add(node)  # indexed by its own node
         ops: list[Op] = []
         for name in TABLES:
-            old = self._tables[name]
+            old = self.table(name)
             ops += [(name, key, None) for key in old if key not in new[name]]
             ops += [(name, key, doc) for key, doc in new[name].items() if old.get(key) != doc]
         if not ops:
             return
-        before = {name: dict(table) for name, table in self._tables.items()}
-        self._load_tables(new)
+        before = Loaded({name: dict(table) for name, table in self._tables.items()})
+        before.registrations.entries = dict(self._registrations)
+        self._adopt(replacement)
         try:
             await self._persist_reported(ops)
         except BaseException:
-            self._load_tables(before)
+            self._adopt(before)
             raise
 
     # -- changes made by other processes --------------------------------------------------
     def _apply_remote(self, name: str, key: str, doc: dict[str, Any] | None) -> None:
         """Another process changed a document: take it into memory and the indexes,
         persisting nothing. An unreadable registration is logged and left out."""
-        table = self._tables[name]
         if name == REGISTRATIONS:
             try:
                 new = Registration.from_doc(doc) if doc is not None else None
@@ -264,21 +431,30 @@ class Store(abc.ABC):
                 self._unindex(old)
             if new is not None:
                 self._index(new)
-        if doc is None:
-            table.pop(key, None)
         else:
-            table[key] = doc
+            table = self._tables[name]
+            if doc is None:
+                table.pop(key, None)
+            else:
+                table[key] = doc
         for watcher in list(self._watchers.get(name, ())):
             try:
                 watcher(key, doc)
             except Exception:  # one watcher's bug must not stop the store following others
                 log.exception("store: a watcher of %s failed on %s", name, key)
 
+    def _holds(self, name: str, key: str, doc: dict[str, Any] | None) -> bool:
+        """Whether memory holds ``doc`` (None: nothing) under ``key`` of table ``name``."""
+        if name == REGISTRATIONS:
+            held = self._registrations.get(key)
+            return doc is None if held is None else held.to_doc() == doc
+        return self._tables[name].get(key) == doc
+
     def watch(self, name: str, watcher: Watcher) -> None:
         """Call ``watcher(key, doc)`` (``doc`` None: deleted) whenever another process's
         change of table ``name`` has been taken into memory; never for this store's own
         writes. Only a store that other processes write too (PostgreSQL) calls it."""
-        if name not in self._tables:
+        if name not in TABLES:
             raise KeyError(f"no table {name!r} to watch")
         self._watchers.setdefault(name, []).append(watcher)
 

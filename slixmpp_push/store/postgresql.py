@@ -4,14 +4,15 @@ Each table of :data:`~.base.TABLES` is an SQL table ``(key text PRIMARY KEY, doc
 ``json``, not ``jsonb``: it keeps the text exactly as written (``jsonb`` refuses
 ``\\u0000`` and rewrites numbers), so what goes in comes back out unchanged.
 
-Reads never touch the database: everything is loaded at open, in one snapshot, and
-kept in memory as by every store. Writes go through one connection and one writer
-task, which commits every change queued meanwhile in one transaction (group commit),
-in key order, and answers the writers once it has committed. The schema is versioned:
-:data:`MIGRATIONS` are applied in order, in one transaction, under an advisory lock (two
-instances starting together do not race), when a writable store opens (``serve``) or by
-``slixmpp-push store upgrade``; a database whose schema is newer than this release
-knows is refused.
+Reads never touch the database: everything is loaded at open, in one snapshot, and kept
+in memory as by every store; the registrations are read through a cursor, a chunk of
+rows at a time, each row becoming its object at once. Writes go through one connection
+and one writer task, which commits every change queued meanwhile in one transaction
+(group commit), in key order, and answers the writers once it has committed. The schema
+is versioned: :data:`MIGRATIONS` are applied in order, in one transaction, under an
+advisory lock (two instances starting together do not race), when a writable store opens
+(``serve``) or by ``slixmpp-push store upgrade``; a database whose schema is newer than
+this release knows is refused.
 
 Other processes' changes: a trigger on every table sends ``NOTIFY`` with the table and
 the key; the store LISTENs on its writer connection, reads the changed rows back and
@@ -42,7 +43,15 @@ from typing import Any
 import asyncpg
 
 from ..errors import StoreError
-from .base import TABLES, Op, Store
+from .base import (
+    REGISTRATIONS,
+    TABLES,
+    Loaded,
+    LoadedRegistrations,
+    Op,
+    Store,
+    collections_paused,
+)
 from .urls import display_url
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,9 @@ CHUNK = 5_000
 CONFLICT_TRIES = 3
 #: Rows decoded on the event loop; more are decoded in a thread.
 DECODE_INLINE = 1_000
+#: Registrations read per round trip when the store opens (the last chunk's texts are
+#: freed memory that the process keeps).
+READ_CHUNK = 2_000
 
 Row = tuple[str, str, str | None]  # table, key, JSON text or None for a deletion
 
@@ -150,8 +162,23 @@ def _decode(name: str, rows: Iterable[Sequence[Any]]) -> dict[str, dict[str, Any
         if isinstance(doc, dict):
             docs[key] = doc
         else:
-            log.error("store: %s %r in the database is not a JSON object; ignored", name, key)
+            _not_an_object(name, key)
     return docs
+
+
+def _not_an_object(name: str, key: str) -> None:
+    log.error("store: %s %r in the database is not a JSON object; ignored", name, key)
+
+
+def _build(rows: Iterable[Sequence[Any]], registrations: LoadedRegistrations) -> None:
+    """Each row's registration into ``registrations`` (:func:`_decode`'s rules)."""
+    with collections_paused():
+        for key, text in rows:
+            doc = json.loads(text)
+            if isinstance(doc, dict):
+                registrations.put(key, doc)
+            else:
+                _not_an_object(REGISTRATIONS, key)
 
 
 class PostgresStore(Store):
@@ -198,10 +225,10 @@ class PostgresStore(Store):
         self._retry_at = 0.0  # loop time of the next connection attempt while down
 
     # -- opening ------------------------------------------------------------------------
-    async def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
+    async def _load(self) -> Loaded:
         conn = await self._connect()
         try:
-            tables = await self._read_all(conn) if self.schema_version else {}
+            tables = await self._read_loaded(conn) if self.schema_version else Loaded()
         except BaseException as exc:
             conn.terminate()
             if isinstance(exc, Exception) and not isinstance(exc, StoreError):
@@ -301,6 +328,33 @@ class PostgresStore(Store):
                 log.info("store: %s upgraded to schema version %d (%s)", self.where,
                          migration.version, migration.description)
         return SCHEMA_VERSION
+
+    async def _read_loaded(self, conn: asyncpg.Connection) -> Loaded:
+        """Every table, from one snapshot, the registrations built as they arrive."""
+        loaded = Loaded()
+        timeout = max(READ_ALL_TIMEOUT, self.command_timeout)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            for name in TABLES:
+                query = f"SELECT key, doc FROM {name}"
+                if name != REGISTRATIONS:
+                    rows = await conn.fetch(query, timeout=timeout)
+                    loaded.documents[name] = await self._decoded(name, rows)
+                    continue
+                cursor = await conn.cursor(query, timeout=timeout)
+                # The next chunk travels while this one is built: on the event loop, a
+                # few milliseconds a chunk (a thread measured slower: the GIL's handoffs).
+                arriving = asyncio.ensure_future(cursor.fetch(READ_CHUNK, timeout=timeout))
+                try:
+                    while rows := await arriving:
+                        arriving = asyncio.ensure_future(
+                            cursor.fetch(READ_CHUNK, timeout=timeout))
+                        _build(rows, loaded.registrations)
+                finally:
+                    if not arriving.done():
+                        arriving.cancel()
+                    with contextlib.suppress(BaseException):
+                        await arriving  # a failed build: the fetch under way ends first
+        return loaded
 
     async def _read_all(self, conn: asyncpg.Connection) -> dict[str, dict[str, dict[str, Any]]]:
         """Every table, from one snapshot."""
@@ -527,7 +581,7 @@ class PostgresStore(Store):
             schema, name, key = json.loads(payload)
         except (ValueError, TypeError):
             return
-        if schema != self._schema or name not in self._tables:
+        if schema != self._schema or name not in TABLES:
             return  # another store's (a database shared by several, one per schema)
         self._stale.add((name, key))
         self._wakeup.set()
@@ -561,7 +615,7 @@ class PostgresStore(Store):
             self._take_table(name, tables[name])
 
     def _take_table(self, name: str, docs: dict[str, dict[str, Any]]) -> None:
-        for key in [key for key in self._tables[name] if key not in docs]:
+        for key in [key for key in self.table(name) if key not in docs]:
             self._take(name, key, None)
         for key, doc in docs.items():
             self._take(name, key, doc)
@@ -569,7 +623,7 @@ class PostgresStore(Store):
     def _take(self, name: str, key: str, doc: dict[str, Any] | None) -> None:
         if (name, key) in self._inflight:
             return  # our own write of it commits later, and wins there too
-        if self._tables[name].get(key) != doc:
+        if not self._holds(name, key, doc):
             self._apply_remote(name, key, doc)
 
     # -- messages -----------------------------------------------------------------------

@@ -8,6 +8,9 @@ written as a fresh TinyDB snapshot — temp file, fsync, ``os.replace``, fsync o
 the folder — and the journal starts over. Loading replays the journal over the
 snapshot; replay is idempotent, and a torn last line (a crash mid-append)
 is ignored, because it was never acknowledged.
+The snapshot is read and written one document at a time (:mod:`.snapshot`):
+registrations become objects as they are read, with no second copy of the store
+in memory.
 
 A write that fails (disk full, I/O error) fails the requests waiting on it,
 and the journal is cut back so that the next append starts on a clean line.
@@ -32,20 +35,30 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tinydb.storages import Storage
 
 from ..errors import StoreError
-from .base import TABLES, Op, Store
+from ..models import Registration
+from .base import (
+    REGISTRATIONS,
+    TABLES,
+    Loaded,
+    LoadedRegistrations,
+    Op,
+    Store,
+    collections_paused,
+)
+from .snapshot import META_TABLE, IrregularSnapshot, read_snapshot, snapshot_chunks
 from .status import MIB
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-META_TABLE = "_meta"
 TEMP_PREFIX = ".slixmpp-push-"
 FILE_MODE = 0o600
 #: /health is not ready once the journal is longer: compaction keeps failing (a
@@ -104,6 +117,11 @@ class AtomicJSONStorage(Storage):
                 text = handle.read()
         except FileNotFoundError:
             return None
+        return self.parse(text)
+
+    @staticmethod
+    def parse(text: str) -> dict[str, dict[str, Any]] | None:
+        """The database in ``text`` (None: blank); ValueError if it is none."""
         if not text.strip():
             return None
         data = json.loads(text)
@@ -112,12 +130,20 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
+        self.write_with(lambda handle: json.dump(data, handle, separators=(",", ":")))
+
+    def write_chunks(self, chunks: Iterable[str]) -> None:
+        """Replace the file with the concatenation of ``chunks``."""
+        self.write_with(lambda handle: handle.writelines(chunks))
+
+    def write_with(self, fill: Callable[[IO[str]], None]) -> None:
+        """Replace the file with what ``fill`` writes to the text handle it is given."""
         folder = self.path.parent
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
         try:
             os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, separators=(",", ":"))
+                fill(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, self.path)
@@ -161,7 +187,7 @@ class TinyDBStore(Store):
         self._room_checked = 0.0
 
     # -- loading ------------------------------------------------------------
-    async def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
+    async def _load(self) -> Loaded:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._load_sync)
 
@@ -171,16 +197,17 @@ class TinyDBStore(Store):
         self._wakeup = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="push-store-writer")
 
-    def _load_sync(self) -> dict[str, dict[str, dict[str, Any]]]:
+    def _load_sync(self) -> Loaded:
         try:
-            return self._load_files()
+            with collections_paused():
+                return self._load_files()
         except PermissionError as exc:  # a clear message, not a traceback
             raise StoreError(f"{exc.filename}: permission denied (the store needs read and "
                              "write access to its folder and files)") from None
         except OSError as exc:
             raise StoreError(f"{exc.filename or self.path}: {exc.strerror or exc}") from None
 
-    def _load_files(self) -> dict[str, dict[str, dict[str, Any]]]:
+    def _load_files(self) -> Loaded:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -190,15 +217,14 @@ class TinyDBStore(Store):
             self._take_lock()
             for stray in folder.glob(TEMP_PREFIX + "*"):
                 stray.unlink(missing_ok=True)
-        tables: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in TABLES}
+        loaded = Loaded({name: {} for name in TABLES if name != REGISTRATIONS})
+        tables, registrations = loaded.documents, loaded.registrations
         if self.path.exists():
             if not self.read_only:
                 os.chmod(self.path, FILE_MODE)
             self._snapshot_bytes = self.path.stat().st_size
-            # Read through TinyDB's storage layer rather than Table.all(): the
-            # file is the same, without wrapping 100k documents in Document objects.
             try:
-                data = AtomicJSONStorage(self.path).read() or {}
+                data = self._read_snapshot(registrations)
             except PermissionError:  # not a damaged store: say what access it needs
                 access = "read" if self.read_only else "read and write"
                 raise StoreError(f"{self.path}: permission denied (the store needs {access} "
@@ -216,21 +242,43 @@ class TinyDBStore(Store):
             if schema != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {schema!r} is not supported "
                                  f"(this version reads {SCHEMA_VERSION})")
-            for name in TABLES:
-                table = tables[name]
+            for name, table in tables.items():
                 for doc in data.get(name, {}).values():
                     key = doc.pop("_key", None) if isinstance(doc, dict) else None
                     if isinstance(key, str):
                         table[key] = doc
-        replayed = self._replay_journal(tables)
+        replayed = self._replay_journal(tables, registrations)
         if self.read_only:
-            return tables
+            return loaded
         self._journal = self._open_journal()
         self._journal_lines = replayed
         self.status.journal_bytes = os.fstat(self._journal.fileno()).st_size
-        return tables
+        return loaded
 
-    def _replay_journal(self, tables: dict[str, dict[str, dict[str, Any]]]) -> int:
+    def _read_snapshot(self, registrations: LoadedRegistrations) -> dict[str, Any]:
+        """The snapshot's top-level object, with its registrations (when that table is
+        an object) taken into ``registrations`` instead. Read neither through TinyDB's
+        Table.all() (a Document object for each of 100k) nor with one ``json.load``
+        (a dictionary for each, then the objects), but with :mod:`.snapshot`."""
+        with open(self.path, encoding="utf-8") as handle:
+            text = handle.read()
+        if not text.strip():
+            return {}
+        try:
+            return read_snapshot(text, registrations)
+        except IrregularSnapshot:  # parsed whole, which says what is wrong, if anything
+            registrations.entries.clear()
+            registrations.unbuilt.clear()
+        data: dict[str, Any] = AtomicJSONStorage.parse(text) or {}
+        if isinstance(data.get(REGISTRATIONS), dict):
+            for doc in data.pop(REGISTRATIONS).values():
+                key = doc.pop("_key", None) if isinstance(doc, dict) else None
+                if isinstance(key, str):
+                    registrations.put(key, doc)
+        return data
+
+    def _replay_journal(self, tables: dict[str, dict[str, dict[str, Any]]],
+                        registrations: LoadedRegistrations) -> int:
         try:
             raw = self.journal_path.read_bytes()
         except FileNotFoundError:
@@ -253,9 +301,14 @@ class TinyDBStore(Store):
                         self._truncate_journal_to(raw, line)
                     break
                 raise StoreError(f"{self.journal_path}: line {number} is corrupt") from None
-            if table not in tables:
+            if table == REGISTRATIONS:
+                if doc is None:
+                    registrations.delete(key)
+                else:
+                    registrations.put(key, doc)
+            elif table not in tables:
                 continue
-            if doc is None:
+            elif doc is None:
                 tables[table].pop(key, None)
             else:
                 tables[table][key] = doc
@@ -392,12 +445,14 @@ class TinyDBStore(Store):
         return free >= self._room_wanted
 
     async def _compact(self) -> None:
-        # Copy on the loop thread: documents are replaced, never mutated, so a
-        # shallow copy of each table is a consistent snapshot.
-        snapshot = {name: dict(self._tables[name]) for name in TABLES}
+        # Copy on the loop thread: documents and registrations are replaced, never
+        # mutated, so a shallow copy of each table is a consistent snapshot.
+        snapshot = {name: dict(table) for name, table in self._tables.items()}
+        registrations = list(self._registrations.values())
         loop = asyncio.get_running_loop()
         try:
-            size = await loop.run_in_executor(self._executor, self._compact_sync, snapshot)
+            size = await loop.run_in_executor(self._executor, self._compact_sync, snapshot,
+                                              registrations)
         except Exception as exc:
             await self._compaction_failed(exc)
             return
@@ -428,12 +483,10 @@ class TinyDBStore(Store):
                   "%.0f s%s): %s", self.path, self.status.journal_bytes, self._compact_delay,
                   ", or once there is room" if self._room_wanted else "", exc)
 
-    def _compact_sync(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> int:
-        data: dict[str, dict[str, Any]] = {META_TABLE: {"1": {"schema": SCHEMA_VERSION}}}
-        for name, docs in snapshot.items():
-            data[name] = {str(i): {**doc, "_key": key}
-                          for i, (key, doc) in enumerate(docs.items(), start=1)}
-        AtomicJSONStorage(self.path).write(data)
+    def _compact_sync(self, snapshot: dict[str, dict[str, dict[str, Any]]],
+                      registrations: list[Registration]) -> int:
+        AtomicJSONStorage(self.path).write_chunks(
+            snapshot_chunks(SCHEMA_VERSION, snapshot, registrations))
         # The snapshot holds everything the journal did: start it over (in place:
         # the append-only descriptor then writes from 0, nothing to reopen).
         fd = self._journal.fileno()

@@ -64,8 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMeter, FakeApnsChild, machine, pct, tree_cpu_seconds, write_p8_key
 from e2e import apns_app_toml
 from prometheus_client.parser import text_string_to_metric_families
-from publish_throughput import COMPONENT, PUBLISH, Phase, ServerStream, ms, seed
-from store import Postgres
+from publish_throughput import PUBLISH, Phase, ServerStream, ms, seed
+from store import Postgres, serve_config
 
 from slixmpp_push.config import ALL_ACTIVE, ONE_ACTIVE
 from slixmpp_push.devserver import _free_ports
@@ -180,26 +180,11 @@ class Instance:
 
     def write_config(self, setup: Setup, port: int, secret: str, password_file: Path,
                      apps: str) -> Path:
-        (self.folder / "component.secret").write_text(secret + "\n")
         database = (f'instances = "{setup.instances}"\n'
                     f'store_password_file = "{password_file}"\n') if setup.database else ""
-        config = self.folder / f"{self.name}.toml"
-        config.write_text(f"""
-[xmpp]
-mode = "component"
-jid = "{COMPONENT}"
-host = "127.0.0.1"
-port = {port}
-secret_file = "{self.folder / 'component.secret'}"
-
-[appserver]
-store = "{setup.store}"
-{database}
-[metrics]
-listen = "127.0.0.1:{self.metrics_port}"
-
-{apps}""")
-        return config
+        return serve_config(self.folder, self.name, port, secret,
+                            f'store = "{setup.store}"\n{database}',
+                            f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n\n{apps}')
 
     async def start(self, config: Path) -> None:
         log = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

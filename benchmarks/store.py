@@ -229,6 +229,27 @@ async def measure_tinydb(size: int, rounds: int, serve: Serve | None) -> dict[st
     return figures
 
 
+def serve_config(folder: Path, name: str, port: int, secret: str, appserver: str,
+                 rest: str) -> Path:
+    """``folder/name.toml``: a ``serve`` config for the benchmarks' component on
+    127.0.0.1:``port`` (its secret written beside it), ``appserver`` the lines of its
+    ``[appserver]`` table, ``rest`` the tables after it."""
+    (folder / "component.secret").write_text(secret + "\n")
+    config = folder / f"{name}.toml"
+    config.write_text(f"""
+[xmpp]
+mode = "component"
+jid = "{COMPONENT}"
+host = "127.0.0.1"
+port = {port}
+secret_file = "{folder / 'component.secret'}"
+
+[appserver]
+{appserver}
+{rest}""")
+    return config
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------
 @dataclass
 class Postgres:
@@ -331,23 +352,10 @@ class Serve:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _config(self, store: str, port: int, secret: str) -> Path:
-        (self.folder / "component.secret").write_text(secret + "\n")
         password = (f'store_password_file = "{self.password_file}"\n'
                     if store.startswith("postgresql://") else "")
-        config = self.folder / "serve.toml"
-        config.write_text(f"""
-[xmpp]
-mode = "component"
-jid = "{COMPONENT}"
-host = "127.0.0.1"
-port = {port}
-secret_file = "{self.folder / 'component.secret'}"
-
-[appserver]
-store = "{store}"
-{password}
-{self.apps}""")
-        return config
+        return serve_config(self.folder, "serve", port, secret,
+                            f'store = "{store}"\n{password}', self.apps)
 
     async def run(self, store: str) -> dict[str, float]:
         """A fresh ``serve`` on ``store``: how long it took to connect (``ready_s``: it

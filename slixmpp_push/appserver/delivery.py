@@ -88,9 +88,6 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
         log.error("delivery failed: %s", task.exception())
 
 
-
-
-
 DeadTokenHandler = Callable[[Registration, DeliveryResult], Awaitable[None]]
 #: A pending notification that could not be claimed (the database failing) is tried again
 #: after this many seconds.
@@ -134,11 +131,6 @@ class Delivery:
         self._full_log = LogSampler(log)
         self._refused_log = LogSampler(log)
         self._templates_by_notification: dict[int, RequestTemplates] = {}
-
-    @property
-    def limiter(self) -> RateLimiter | None:
-        """This process's rate limiter (None when the instances share one budget)."""
-        return self.book.limiter if isinstance(self.book, LocalBook) else None
 
     # -- life cycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -268,7 +260,7 @@ class Delivery:
 
     async def drop(self, node: str) -> None:
         """Forget a node's pending notification (it was unregistered)."""
-        if node in self._pending or not isinstance(self.book, LocalBook):
+        if node in self._pending or self.book.pending_elsewhere(node):
             self._pending.pop(node, None)
             self._cancel_timer(node)
             try:
@@ -446,44 +438,46 @@ class Delivery:
         """Send a pending notification that is due, once it is this instance's to send,
         its registration still exists and the node's rate limit allows it."""
         node = entry.node
-        retry_at = None
         try:
             claimed = await self.book.claim(entry)
         except StoreError:  # the database: logged by the book's lease loop
-            claimed, retry_at = entry, time.time() + CLAIM_RETRY
+            return self._defer(node, time.time() + CLAIM_RETRY)
         if self._pending.get(node) is not entry:  # replaced meanwhile: the newer one counts
-            claimed, retry_at = self._pending.get(node), retry_at or time.time()
+            return self._defer(node, time.time())
         if claimed is None:  # another instance delivers it
             self._pending.pop(node, None)
             self._inflight.pop(node, None)
-            return
+            return None
         self._pending[node] = claimed
-        if retry_at is None and claimed.due > time.time() + 0.01:
-            retry_at = claimed.due  # a newer notification kept its own due time
+        if claimed.due > time.time() + 0.01:  # a newer notification kept its own due time
+            return self._defer(node, claimed.due)
         registration = claimed.registration
-        if retry_at is None and registration.dialect is not Dialect.MONAL:
-            current = self.store.get(node)  # stateless dialects: nothing stored in pending
+        if registration.dialect is not Dialect.MONAL:  # stateless: nothing stored
+            current = self.store.get(node)
             if current is None:  # unregistered meanwhile
-                self._inflight.pop(node, None)
-                await self._forget(node)
-                return
+                return await self._drop_unsent(node)
             registration = current
-        if retry_at is None and registration.app not in self.providers:
+        if registration.app not in self.providers:
             log.warning("node %s: pending notification dropped: its app %r is not "
                         "configured any more", loggable_node(node), registration.app)
-            self._inflight.pop(node, None)
-            await self._forget(node)
-            return
-        if retry_at is None:
-            wait = await self._rate(node)
-            if wait > 0:
-                retry_at = time.time() + wait
-        if retry_at is not None:
-            self._inflight.pop(node, None)
-            if self._pending.get(node) is not None:
-                self._schedule(node, retry_at)
-            return
+            return await self._drop_unsent(node)
+        wait = await self._rate(node)
+        if wait > 0:
+            return self._defer(node, time.time() + wait)
         await self._send_and_settle(registration, claimed.notification)
+        return None
+
+    def _defer(self, node: str, when: float) -> None:
+        """Not now: try the node's pending notification (if any is left) again at ``when``."""
+        self._inflight.pop(node, None)
+        if node in self._pending:
+            self._schedule(node, when)
+
+    async def _drop_unsent(self, node: str) -> None:
+        """Drop the node's pending notification without sending it. It stays counted in
+        flight until settled, so that the lease loop does not take it for a lost one."""
+        await self._forget(node)
+        self._inflight.pop(node, None)
 
     async def _rate(self, node: str) -> float:
         try:

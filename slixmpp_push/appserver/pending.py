@@ -250,6 +250,8 @@ class SharedBook:
                     self._trouble = str(exc)
                     log.warning("pending notifications: cannot renew or sweep leases: %s "
                                 "(others take this instance's over when they expire)", exc)
+            except Exception:  # a bug: the leases must go on being renewed regardless
+                log.exception("pending notifications: the lease round failed")
             await asyncio.sleep(self.shared.lease / 3)
 
     async def _round(self) -> None:

@@ -1,7 +1,8 @@
-"""Publish throughput and round trip of push_appserver, against a trivial ceiling.
+"""Publish path of push_appserver: CPU per publish, round trip and ceiling (issue 11).
 
-    python benchmarks/publish_throughput.py [--seconds 8] [--window 100]
-                                            [--registrations 10000] [--py-spy FILE]
+    python benchmarks/publish_throughput.py [--rounds 3] [--rate 1000] [--seconds 8]
+                                            [--window 100] [--registrations 10000]
+                                            [--py-spy FILE]
 
 Three processes, loopback only:
 
@@ -11,21 +12,24 @@ Three processes, loopback only:
   publish IQs shaped like Prosody's (``from='localhost'``, a registered node,
   the node's secret in publish-options) and matches replies by id;
 - the component under test, a child process (re-running this file with
-  ``--role``): either the *ceiling*, a plain slixmpp ComponentXMPP whose raw
-  handler only answers ``result``, or *ours*, a ComponentXMPP with
-  push_appserver on a TinyDB store seeded with N registrations (through the
-  store API), an APNs app with a throwaway .p8 key, ``include_body`` off, the
-  per-node rate limit off;
+  ``--role``): the *trivial component*, a plain slixmpp ComponentXMPP whose
+  handler only answers ``result``; the *floor*, that component plus one request
+  per publish through the bare aioapns client as shipped (``aioapns.APNs``), the
+  result sent once APNs answered; or *ours*, a ComponentXMPP with push_appserver
+  on a TinyDB store seeded with N registrations (through the store API), an APNs
+  app with a throwaway .p8 key, ``include_body`` off, the per-node rate limit off;
 - the fake APNs (tests/fakes/fake_apns.py: HTTP/2 over TLS).
 
 Every publish goes to a different node than the ones in flight (nodes are
 used round robin, N >> window), so per-node coalescing hides no work: each
-result means one request delivered to the fake, which is checked at the end.
+result means one request delivered to the fake, which is checked.
 
-Phases: (a) the ceiling at a fixed window of outstanding IQs; (b) ours at the
-same window; (c) ours paced (open loop) at half of (b)'s rate: p50/p99 round
-trip; the ceiling paced at that same rate is the latency baseline.
-Targets: ours/ceiling >= 0.5, p99 <= 20 ms at half rate.
+Each round: (a) the trivial component at a fixed window of outstanding IQs (its
+ceiling); (b) the floor paced (open loop) at ``--rate``; (c) ours paced at the
+same rate: CPU per publish of the component process and the p50/p99 round trip;
+(d) ours at the window: our ceiling. Targets (issue 11): (c)/(b) CPU per publish
+<= 0.7, p99 of (c) <= 20 ms, (d)/(a) publishes/s >= 0.35. Printed per round and as
+medians over the rounds.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def node_name(i: int) -> str:
 # ===================================================================================
 # The component side (child process): the ceiling, or our app server
 # ===================================================================================
-async def run_component(role: str, port: int, secret: str, folder: Path, patch: str) -> None:
+async def run_component(role: str, port: int, secret: str, folder: Path) -> None:
     from slixmpp import ComponentXMPP
     from slixmpp.xmlstream.handler import Callback
     from slixmpp.xmlstream.matcher import MatchXPath
@@ -100,17 +104,14 @@ async def run_component(role: str, port: int, secret: str, folder: Path, patch: 
         xmpp.register_handler(Callback("ceiling", MatchXPath(publish),
                                        lambda iq: reply(iq.xml)))
     elif role == "aioapns":
-        # The delivery floor: the same raw handler, plus one APNs request per publish
-        # sent with the bare aioapns client (as ApnsProvider configures it), the
-        # result sent once APNs answered, as ours does. No parsing, no store.
+        # The floor: the same handler, plus one APNs request per publish sent with
+        # the bare aioapns client, the result sent once APNs answered, as ours does.
+        # No parsing, no store.
         from aioapns import NotificationRequest, PushType
+        from apns_send import stock_client
 
-        from slixmpp_push.providers.apns import ApnsProvider
-
-        provider = ApnsProvider(apns_app((folder / "endpoint").read_text(),
-                                         folder / "ca.pem", folder / "key.p8"))
-        await provider.start()
-        client = provider.pool  # aioapns's protocol, our pool
+        client = stock_client((folder / "endpoint").read_text(), folder / "ca.pem",
+                              folder / "key.p8")
         loop = asyncio.get_running_loop()
         payload = {"aps": {"content-available": 1}, "account": f"user1@{DOMAIN}",
                    "unread-messages": 1}
@@ -126,11 +127,6 @@ async def run_component(role: str, port: int, secret: str, folder: Path, patch: 
     else:
         import slixmpp_push  # noqa: F401  (registers push_appserver)
         from slixmpp_push import DeliveryPolicy, TinyDBStore
-
-        if patch:  # measure a proposed change (benchmarks/proposed_patches.py)
-            import proposed_patches
-
-            print("PATCHED", ",".join(proposed_patches.apply(patch)), flush=True)
 
         for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199"):  # as server.py
             xmpp.register_plugin(plugin)
@@ -178,6 +174,13 @@ class Phase:
     @property
     def rate(self) -> float:
         return self.replies / self.seconds
+
+    @staticmethod
+    def merged(*phases: Phase) -> Phase:
+        """Counts of several phases together (for checking deliveries)."""
+        return Phase(sum(p.replies for p in phases), sum(p.seconds for p in phases), [], [],
+                     sum(p.errors for p in phases), sum(p.sent for p in phases),
+                     sum(p.results for p in phases), {})
 
     def cpu_per_publish(self, process: str = "component") -> float:
         """Seconds of CPU ``process`` spent per publish answered: unlike the rate,
@@ -353,9 +356,8 @@ class ServerStream(asyncio.Protocol):
 class LoadGenerator:
     """The listening socket; ``launch(role)`` starts a child and returns its stream."""
 
-    def __init__(self, nodes: list[str], folder: Path, patch: str = "") -> None:
+    def __init__(self, nodes: list[str], folder: Path) -> None:
         self.nodes = nodes
-        self.patch = patch
         self.folder = folder
         self.secret = secrets.token_hex(12)
         self.accepted: asyncio.Queue[ServerStream] = asyncio.Queue()
@@ -373,7 +375,6 @@ class LoadGenerator:
         child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--role", role, "--port", str(self.port),
             "--secret", self.secret, "--folder", str(self.folder),
-            *(["--patch", self.patch] if role == "ours" and self.patch else []),
             stdout=subprocess.PIPE)
         self.children.append(child)
         stream = await asyncio.wait_for(self.accepted.get(), 60)
@@ -434,6 +435,86 @@ def describe(name: str, phase: Phase) -> None:
           f"{phase.cpu_per_publish() * 1e6:.0f} µs per publish")
 
 
+#: Issue 11's targets: ours / floor CPU per publish at --rate, p99 there, ours / ceiling.
+TARGET_CPU, TARGET_P99, TARGET_CEILING = 0.7, 0.020, 0.35
+
+
+@dataclass
+class Round:
+    ceiling: Phase  # (a) the trivial component, window
+    floor: Phase  # (b) trivial + bare aioapns, paced
+    ours: Phase  # (c) ours, paced
+    ours_max: Phase  # (d) ours, window
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.ours.cpu_per_publish() / self.floor.cpu_per_publish()
+
+    @property
+    def p99(self) -> float:
+        return pct(self.ours.rtts, .99)
+
+    @property
+    def ceiling_ratio(self) -> float:
+        return self.ours_max.rate / self.ceiling.rate
+
+
+async def delivered(fake: FakeApnsChild, before: int, phase: Phase, what: str) -> None:
+    """Every result of ``phase`` must be a request the fake APNs counted."""
+    count = await fake.wait_for(before + phase.results, timeout=10) - before
+    if count != phase.results:
+        raise SystemExit(f"{what}: the fake APNs counted {count} requests for "
+                         f"{phase.results} results")
+
+
+async def one_round(generator: LoadGenerator, fake: FakeApnsChild,
+                    args: argparse.Namespace, spy: str | None) -> Round:
+    def meter(child: asyncio.subprocess.Process) -> CpuMeter:
+        return CpuMeter(**{"load generator": "self", "component": child.pid,
+                           "fake APNs": fake.pid})
+
+    stream, child = await generator.launch("trivial")
+    ceiling = await stream.saturate(args.window, args.warmup, args.seconds, meter(child))
+    describe("(a) trivial, window", ceiling)
+    await stream.close()
+
+    stream, child = await generator.launch("aioapns")
+    before = await fake.count()
+    floor = await stream.paced(args.rate, args.warmup, args.seconds, meter(child))
+    describe(f"(b) floor, {args.rate:g}/s", floor)
+    await stream.close()
+    await delivered(fake, before, floor, "floor")
+
+    stream, child = await generator.launch("ours")
+    before = await fake.count()
+    profiler = None
+    if spy:
+        profiler = await py_spy(child.pid, args.warmup + args.seconds, spy)
+    ours = await stream.paced(args.rate, args.warmup, args.seconds, meter(child))
+    describe(f"(c) ours, {args.rate:g}/s", ours)
+    if profiler is not None:
+        await profiler.wait()
+    ours_max = await stream.saturate(args.window, args.warmup, args.seconds, meter(child))
+    describe("(d) ours, window", ours_max)
+    await stream.close()
+    await delivered(fake, before, Phase.merged(ours, ours_max), "ours")
+    if child.stdout is not None:
+        for line in (await asyncio.wait_for(child.stdout.read(), 15)).decode().splitlines():
+            if line.startswith("STATS"):
+                print(f"  app server delivery stats  {line[6:]}")
+    for phase in (ceiling, floor, ours, ours_max):
+        if phase.errors:
+            raise SystemExit(f"{phase.errors} error replies: "
+                             + " | ".join(s.decode(errors="replace") for s in
+                                          stream.error_samples))
+    return Round(ceiling, floor, ours, ours_max)
+
+
+def verdict(value: float, target: float, at_most: bool) -> str:
+    met = value <= target if at_most else value >= target
+    return f"target {'<=' if at_most else '>='} {target:g}: {'met' if met else 'NOT met'}"
+
+
 async def main(args: argparse.Namespace) -> int:
     print(f"publish_throughput: {machine()}")
     folder = Path(tempfile.mkdtemp(prefix="bench-publish-"))
@@ -447,106 +528,65 @@ async def main(args: argparse.Namespace) -> int:
     print(f"  seeded {len(nodes)} registrations through TinyDBStore.put in "
           f"{time.monotonic() - began:.1f} s; window {args.window}, "
           f"{args.warmup:g} s warm-up + {args.seconds:g} s measured per phase")
-    generator = LoadGenerator(nodes, folder, args.patch or "")
+    generator = LoadGenerator(nodes, folder)
     await generator.start()
-    failed = False
+    rounds: list[Round] = []
     try:
-        ceiling_stream, ceiling_child = await generator.launch("trivial")
-
-        def meter(child: asyncio.subprocess.Process) -> CpuMeter:
-            return CpuMeter(**{"load generator": "self", "component": child.pid,
-                               "fake APNs": fake.pid})
-
-        ceiling = await ceiling_stream.saturate(args.window, args.warmup, args.seconds,
-                                                meter(ceiling_child))
-        describe("(a) ceiling, window", ceiling)
-        floor_stream, floor_child = await generator.launch("aioapns")
-        before = await fake.count()
-        floor = await floor_stream.saturate(args.window, args.warmup, args.seconds,
-                                            meter(floor_child))
-        describe("    ceiling + bare aioapns", floor)
-        await floor_stream.close()
-        floor_delivered = await fake.wait_for(before + floor.results, timeout=5) - before
-
-        ours_stream, ours_child = await generator.launch("ours")
-        before = await fake.count()
-        spy = None
-        if args.py_spy:
-            spy = await py_spy(ours_child.pid, args.warmup + args.seconds, args.py_spy)
-        ours = await ours_stream.saturate(args.window, args.warmup, args.seconds,
-                                          meter(ours_child))
-        describe("(b) ours, window", ours)
-        delivered = await fake.wait_for(before + ours.results, timeout=5) - before
-        if spy is not None:
-            await spy.wait()
-
-        rate = ours.rate / 2
-        paced = await ours_stream.paced(rate, args.warmup, args.seconds, meter(ours_child))
-        describe(f"(c) ours, paced {rate:.0f}/s", paced)
-        base = await ceiling_stream.paced(rate, args.warmup, args.seconds,
-                                          meter(ceiling_child))
-        describe(f"    ceiling, paced {rate:.0f}/s", base)
-        await ours_stream.close()
-        await ceiling_stream.close()
-        stats = b""
-        if ours_child.stdout is not None:
-            stats = await asyncio.wait_for(ours_child.stdout.read(), 15)
+        for number in range(1, args.rounds + 1):
+            print(f"round {number}")
+            rounds.append(await one_round(generator, fake, args,
+                                          args.py_spy if number == 1 else None))
+            last = rounds[-1]
+            print(f"  CPU per publish at {args.rate:g}/s: ours "
+                  f"{last.ours.cpu_per_publish() * 1e6:.0f} µs, floor "
+                  f"{last.floor.cpu_per_publish() * 1e6:.0f} µs, ratio {last.cpu_ratio:.2f}; "
+                  f"p50/p99 {ms(pct(last.ours.rtts, .5))} / {ms(last.p99)}; ceiling ours "
+                  f"{last.ours_max.rate:.0f}/s, trivial {last.ceiling.rate:.0f}/s, ratio "
+                  f"{last.ceiling_ratio:.2f} (by CPU "
+                  f"{last.ceiling.cpu_per_publish() / last.ours_max.cpu_per_publish():.2f})")
     finally:
         await generator.stop()
         await fake.stop()
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(fake.folder, ignore_errors=True)
 
-    ratio = ours.rate / ceiling.rate
-    cost_ratio = ceiling.cpu_per_publish() / ours.cpu_per_publish()
-    p99 = pct(paced.rtts, .99)
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    cpu = median([r.cpu_ratio for r in rounds])
+    p99 = median([r.p99 for r in rounds])
+    ceiling = median([r.ceiling_ratio for r in rounds])
     print()
-    print(f"ceiling publishes/s          {ceiling.rate:8.0f}   "
-          f"({ceiling.cpu_per_publish() * 1e6:.0f} µs of component CPU each)")
-    print(f"ours publishes/s             {ours.rate:8.0f}   "
-          f"({ours.cpu_per_publish() * 1e6:.0f} µs of component CPU each, "
-          f"+{ours.cpu_per_publish('fake APNs') * 1e6:.0f} µs in the fake APNs)")
-    print(f"ceiling + bare aioapns       {floor.rate:8.0f}   "
-          f"({floor.cpu_per_publish() * 1e6:.0f} µs of component CPU each): what any "
-          f"in-process APNs client costs; ours/this {ours.rate / floor.rate:.2f}, by CPU "
-          f"{floor.cpu_per_publish() / ours.cpu_per_publish():.2f}")
-    print(f"ratio ours/ceiling           {ratio:8.2f}   (target >= 0.5: "
-          f"{'met' if ratio >= 0.5 else 'NOT met'}); by CPU per publish {cost_ratio:.2f}; "
-          f"CPU left by others' work: {200 - ours.cpu['others'] * 100:.0f} % of 200 %")
-    print(f"round trip at {rate:.0f}/s (half)  p50 {ms(pct(paced.rtts, .5))}  "
-          f"p99 {ms(p99)}  (target p99 <= 20 ms: {'met' if p99 <= 0.020 else 'NOT met'}); "
-          f"ceiling at the same rate p50 {ms(pct(base.rtts, .5))} p99 {ms(pct(base.rtts, .99))}"
-          f", ratio of p99 {p99 / pct(base.rtts, .99):.1f}")
-    print(f"fake APNs requests           {delivered:8d}   for {ours.results} results "
-          f"in phase (b) ({'equal' if delivered == ours.results else 'MISMATCH'})")
-    for line in stats.decode().splitlines():
-        if line.startswith("STATS"):
-            print(f"app server delivery stats    {line[6:]}")
-        elif line.startswith("PATCHED"):
-            print(f"app server patched with      {line[8:]} (benchmarks/proposed_patches.py)")
-    for phase in (ceiling, floor, ours, paced, base):
-        if phase.errors:
-            failed = True
-    for stream in (ceiling_stream, ours_stream):
-        for sample in stream.error_samples:
-            print("error reply:", sample.decode(errors="replace"))
-    if delivered != ours.results or floor_delivered != floor.results:
-        failed = True
-    return 1 if failed else 0
+    print(f"medians of {len(rounds)} round(s):")
+    print(f"  CPU per publish at {args.rate:g}/s   ours "
+          f"{median([r.ours.cpu_per_publish() for r in rounds]) * 1e6:.0f} µs / floor "
+          f"{median([r.floor.cpu_per_publish() for r in rounds]) * 1e6:.0f} µs = "
+          f"{cpu:.2f}   ({verdict(cpu, TARGET_CPU, True)})")
+    print(f"  round trip at {args.rate:g}/s        p50 "
+          f"{ms(median([pct(r.ours.rtts, .5) for r in rounds]))}  p99 {ms(p99)}   "
+          f"({verdict(p99 * 1000, TARGET_P99 * 1000, True)} ms)")
+    print(f"  ceiling                     ours "
+          f"{median([r.ours_max.rate for r in rounds]):.0f}/s / trivial "
+          f"{median([r.ceiling.rate for r in rounds]):.0f}/s = {ceiling:.2f}   "
+          f"({verdict(ceiling, TARGET_CEILING, False)}); by CPU per publish "
+          f"{median([r.ceiling.cpu_per_publish() / r.ours_max.cpu_per_publish() for r in rounds]):.2f}"
+          f"; CPU left by others' work "
+          f"{200 - median([r.ours_max.cpu['others'] for r in rounds]) * 100:.0f} % of 200 %")
+    return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="publishes per second of the paced phases")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--window", type=int, default=100, help="publishes outstanding")
     parser.add_argument("--registrations", type=int, default=10_000)
     parser.add_argument("--py-spy", metavar="FILE",
-                        help="profile our app server during (b) (.svg flamegraph, "
-                             ".json speedscope, .txt raw stacks)")
-    parser.add_argument("--patch", metavar="NAMES",
-                        help="apply proposed changes to our app server: 'all' or a comma list "
-                             "of benchmarks/proposed_patches.py names")
+                        help="profile our app server during (c) of the first round (.svg "
+                             "flamegraph, .json speedscope, .txt raw stacks)")
     parser.add_argument("--role", choices=("trivial", "aioapns", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--secret", help=argparse.SUPPRESS)
@@ -554,7 +594,7 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.role:
         asyncio.run(run_component(arguments.role, arguments.port, arguments.secret,
-                                  arguments.folder, arguments.patch or ""))
+                                  arguments.folder))
     else:
         if arguments.window >= arguments.registrations:
             parser.error("--registrations must exceed --window (one node per publish in flight)")

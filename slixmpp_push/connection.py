@@ -158,7 +158,7 @@ class StreamKeeper:
         for event, handler in self._handlers():
             xmpp.add_event_handler(event, handler)
         if all_active:
-            xmpp.add_filter("in", self._on_stanza)
+            self._watch_arrivals()
         # Once per logger (addFilter ignores a filter it has).
         logging.getLogger("slixmpp.features.feature_mechanisms.mechanisms").addFilter(
             _EXPLAINED_HERE)
@@ -174,7 +174,7 @@ class StreamKeeper:
         for event, handler in self._handlers():
             self.xmpp.del_event_handler(event, handler)
         if self.all_active:
-            self.xmpp.del_filter("in", self._on_stanza)
+            del self.xmpp.data_received  # the class's method again
         self._stop_pinging()
 
     # -- slixmpp's events ------------------------------------------------------------
@@ -207,9 +207,24 @@ class StreamKeeper:
         self._condition = error["condition"]
         self._ended = " ".join(part for part in (error["condition"], error["text"]) if part)
 
-    def _on_stanza(self, stanza: Any) -> Any:
-        self._arrived.set()
-        return stanza
+    def _watch_arrivals(self) -> None:
+        """All-active: set ``_arrived`` whenever data from the server completed stanzas.
+
+        Not an incoming filter: the app server's publishes bypass those (its fast
+        path). After the parser has taken the data, a depth of 1 means it is between
+        stanzas of the stream itself, so the data ended one; a restarted stream nests
+        everything deeper.
+        """
+        xmpp = self.xmpp
+        receive = xmpp.data_received
+        arrived = self._arrived
+
+        def data_received(data: bytes | str) -> None:
+            receive(data)
+            if xmpp.xml_depth == 1 and not data.isspace():  # whitespace is no stanza
+                arrived.set()
+
+        xmpp.data_received = data_received  # type: ignore[method-assign]
 
     def _on_failed_all_auth(self, _event: object) -> None:
         self._auth_refused = True  # failed_auth is one mechanism; slixmpp tries the next

@@ -294,6 +294,7 @@ class Metrics:
         # labels() costs a lookup and a lock per call: keep the children at hand.
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
+        self._publish_children: dict[tuple[str, str], Any] = {}
         self.xmpp_connected = False
         self.xmpp_problem = "not connected yet"  # why the stream is not usable
         self.store_status = StoreStatus()  # the watched store's (watch_store)
@@ -318,7 +319,11 @@ class Metrics:
 
     # -- events -------------------------------------------------------------------------
     def published(self, dialect: str, outcome: str) -> None:
-        self.publishes.labels(dialect, outcome).inc()
+        child = self._publish_children.get((dialect, outcome))
+        if child is None:
+            child = self._publish_children[(dialect, outcome)] = \
+                self.publishes.labels(dialect, outcome)
+        child.inc()
 
     def command_answered(self, command: str, outcome: str) -> None:
         """``outcome``: "completed", or the error condition answered."""

@@ -1,7 +1,7 @@
 """The APNs send path's economies (issue 11, item 2), against the real aioapns and the fake.
 
 :class:`~slixmpp_push.providers.apns.ApnsClientProtocol` sends requests for less CPU
-than stock aioapns: one TLS write per event-loop turn, headers encoded without
+than stock aioapns: one TLS write for up to WRITE_BATCH requests started close together, headers encoded without
 Huffman coding by our own HPACK encoder, the provider token's header value
 encoded once per token, no task per request. Each economy is checked here
 through what can be observed: the transport's writes, the headers the fake
@@ -42,6 +42,7 @@ from slixmpp_push.config import AppConfig
 from slixmpp_push.errors import Outcome
 from slixmpp_push.providers.apns import (
     _HPACK_FITS,
+    WRITE_BATCH,
     ApnsClientProtocol,
     ApnsProvider,
     ProviderToken,
@@ -104,19 +105,41 @@ def count_writes(provider: ApnsProvider) -> list[int]:
     return sizes
 
 
-# -- one TLS write per loop turn ------------------------------------------------------------
+# -- coalesced TLS writes -------------------------------------------------------------------
 
 
-async def test_a_burst_started_in_one_loop_turn_goes_out_in_one_tls_write(
+async def test_a_burst_started_in_one_loop_turn_goes_out_in_writes_of_a_batch_each(
         fake_apns: FakeApns, provider: ApnsProvider) -> None:
     await delivered(provider, [push(0)])  # connected, SETTINGS exchanged
     writes = count_writes(provider)
 
     await delivered(provider, [push(i) for i in range(1, BURST + 1)])
 
-    assert len(writes) == 1, writes
+    # Not one write for all: the first batches are on their way while the rest are built.
+    assert len(writes) == -(-BURST // WRITE_BATCH), writes
     assert len(fake_apns.requests) == BURST + 1
     assert len(fake_apns.connections) == 1
+
+
+async def test_requests_started_within_the_write_interval_share_a_write(
+        fake_apns: FakeApns, provider: ApnsProvider) -> None:
+    """Requests a few loop turns apart, within ``CoalescedWrites.interval`` of the last
+    write, wait for the interval and go out together (the load case: at 1,000 publishes/s
+    each arrives alone)."""
+    await delivered(provider, [push(0)])
+    await asyncio.sleep(0.01)  # the write after reading its reply is done too
+    assert provider.pool is not None
+    [connection] = provider.pool.connections
+    connection._writes.interval = 0.2  # wide, so that a loaded machine cannot split them
+    writes = count_writes(provider)
+    sends = []
+    for i in range(1, 4):
+        sends.append(asyncio.ensure_future(provider.send(push(i))))
+        await asyncio.sleep(0.01)  # a later loop turn, well within the interval
+    assert not writes  # the reply to push(0) was read < 0.2 s ago: all three wait
+    await asyncio.gather(*sends)
+    assert len(writes) == 1, writes
+    assert len(fake_apns.requests) == 4
 
 
 async def test_stock_aioapns_writes_once_per_request(

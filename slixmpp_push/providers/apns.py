@@ -88,6 +88,7 @@ from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 from hpack import Encoder, HeaderTuple
 from hpack.table import HeaderTable
 
+from ..coalesce import CoalescedWrites
 from ..errors import ConfigError, DeliveryResult, Outcome
 from ..logs import short_token
 from .base import (
@@ -824,6 +825,11 @@ class ApnsConnectionPool(APNsBaseConnectionPool):
         return await (await self.acquire()).send_notification(request)
 
 
+#: Requests are written together (:meth:`ApnsClientProtocol.flush`), at most this many:
+#: 100 publishes read at once are then on their way to Apple while the rest are still
+#: being built, instead of one write after all of them (measured: a window of 100
+#: publishes from the XMPP server moved in lockstep, each side idle half the time).
+WRITE_BATCH = 16
 _METHOD_POST = (b":method", b"POST")
 _SCHEME_HTTPS = (b":scheme", b"https")
 
@@ -1053,7 +1059,8 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         self._authorization: Callable[[], bytes] | None = (
             None if auth is None else auth.authorization if isinstance(auth, ProviderToken)
             else lambda: auth.get_header().encode())
-        self._write_soon = False  # a write is scheduled for the end of this loop turn
+        self._writes = CoalescedWrites(self._write, self.loop)
+        self._unwritten = 0  # requests started since the last write
         self._active_at = 0.0  # loop.time() of the last flush (the inactivity timer's)
         #: Bodies the peer's flow-control window cannot take yet, in order: sent as its
         #: WINDOW_UPDATEs come (h2 would raise FlowControlError, and the request fail).
@@ -1139,7 +1146,10 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         except BaseException:
             self.free_channels.release()  # (aioapns keeps it taken: one stream lost)
             raise
+        self._unwritten += 1
         self.flush()
+        if self._unwritten >= WRITE_BATCH:
+            self._writes.now()  # APNs gets to work while we build the rest
         future: asyncio.Future[NotificationResult] = self.loop.create_future()
         self.requests[request.notification_id] = future
         self.request_streams[stream_id] = request.notification_id
@@ -1166,16 +1176,14 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         self.flush()
 
     def flush(self) -> None:
-        """Write what h2 has to send at the end of this loop turn, once for every
-        request started (and every reply read) in it: one TLS record and one
-        ``send()`` where aioapns makes one each per request."""
+        """Write what h2 has to send soon (:class:`~slixmpp_push.coalesce.CoalescedWrites`),
+        once for every request started (and every reply read) meanwhile: one TLS record
+        and one ``send()`` where aioapns makes one each per request."""
         self._active_at = self.loop.time()
-        if not self._write_soon:
-            self._write_soon = True
-            self.loop.call_soon(self._write)
+        self._writes.soon()
 
     def _write(self) -> None:
-        self._write_soon = False
+        self._unwritten = 0
         transport = self.transport
         if transport is None or self.closing or transport.is_closing():
             return  # lost or failing meanwhile: its requests fail with it

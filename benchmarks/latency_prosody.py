@@ -113,12 +113,8 @@ def index_of(body: str) -> int | None:
     return int(number) if prefix == "message" and number.isdigit() else None
 
 
-async def main(messages: int, rate: float, patch: str) -> int:
+async def main(messages: int, rate: float) -> int:
     print(f"latency_prosody: {machine()}")
-    if patch:  # measure a proposed change (benchmarks/proposed_patches.py)
-        import proposed_patches
-
-        print(f"  app server patched with {', '.join(proposed_patches.apply(patch))}")
     folder = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     fake = FakeApnsChild()
     secret = secrets.token_hex(16)
@@ -250,8 +246,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=200, help="measured messages")
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second")
-    parser.add_argument("--patch", metavar="NAMES", default="",
-                        help="apply proposed changes to our app server: 'all' or a comma list "
-                             "of benchmarks/proposed_patches.py names")
     arguments = parser.parse_args()
-    sys.exit(asyncio.run(main(arguments.messages, arguments.rate, arguments.patch)))
+    sys.exit(asyncio.run(main(arguments.messages, arguments.rate)))

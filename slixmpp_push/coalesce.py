@@ -27,7 +27,7 @@ class CoalescedWrites:
     to send what comes after it.
     """
 
-    __slots__ = ("_write", "_loop", "interval", "_scheduled", "_last")
+    __slots__ = ("_last", "_loop", "_scheduled", "_write", "interval")
 
     def __init__(self, write: Callable[[], None], loop: asyncio.AbstractEventLoop,
                  interval: float = WRITE_INTERVAL) -> None:

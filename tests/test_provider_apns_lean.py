@@ -1,8 +1,8 @@
 """The APNs send path's economies (issue 11, item 2), against the real aioapns and the fake.
 
 :class:`~slixmpp_push.providers.apns.ApnsClientProtocol` sends requests for less CPU
-than stock aioapns: one TLS write for up to WRITE_BATCH requests started close together, headers encoded without
-Huffman coding by our own HPACK encoder, the provider token's header value
+than stock aioapns: one TLS write for up to WRITE_BATCH requests started close together,
+headers encoded without Huffman coding by our own HPACK encoder, the provider token's header value
 encoded once per token, no task per request. Each economy is checked here
 through what can be observed: the transport's writes, the headers the fake
 decodes with the real h2/hpack decoder, the tasks the loop creates. The

@@ -10,10 +10,10 @@ app server's CPU, and the plugin only reads ``iq.xml``.
 :class:`PublishFastPath` takes a publish IQ (type ``set``, a ``pubsub/publish``
 child) as the parser hands it over and gives the element to the plugin's handler,
 and :meth:`PublishFastPath.reply_result` writes ``result`` replies as raw XML, several
-in one write (:class:`~slixmpp_push.coalesce.CoalescedWrites`). Everything else goes through slixmpp unchanged, and
-so do publishes when someone registered an incoming filter (it would expect to see
-them). Component streams only: on a client stream the incoming filters count stanzas
-for XEP-0198, and a raw write would not be counted.
+in one write (:class:`~slixmpp_push.coalesce.CoalescedWrites`). Everything else goes
+through slixmpp unchanged, and so do publishes when someone registered an incoming
+filter (it would expect to see them). Component streams only: on a client stream the
+incoming filters count stanzas for XEP-0198, and a raw write would not be counted.
 
 This relies on two slixmpp internals, pinned by ``tests/test_fastpath.py``:
 ``XMLStream._spawn_event(xml)``, called by ``data_received`` for each top-level
@@ -86,7 +86,7 @@ class PublishFastPath:
 
     def uninstall(self) -> None:
         if self._spawn_event is not None:
-            self.xmpp._spawn_event = self._spawn_event  # type: ignore[method-assign]
+            self.xmpp._spawn_event = self._spawn_event  # type: ignore[method-assign,assignment]
             self._spawn_event = None
 
     def _dispatch(self, xml: Element) -> None:

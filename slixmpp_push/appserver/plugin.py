@@ -201,6 +201,7 @@ class PushAppServer(BasePlugin):
         # Component streams: publishes skip slixmpp's stanza objects (fastpath.py).
         self.fast_path: PublishFastPath | None = None
         if self._component:
+            assert isinstance(self.xmpp, ComponentXMPP)
             self.fast_path = PublishFastPath(self.xmpp, self._on_publish)
             self.fast_path.install()
             self.xmpp.add_filter("out", self._fix_error_namespace)

@@ -3,59 +3,95 @@
 On the publish path each write is a system call that, on loopback and on virtual
 machines alike, costs as much as all our Python code for one publish (measured: at
 1,000 publishes/s a third of the app server's CPU went to ``send`` and to waking up
-for each reply). :class:`CoalescedWrites` writes once per event-loop turn, and at most
-once per ``interval``: when the last write was longer ago, at the end of this turn (no
-delay at all at low rates); otherwise when the interval is up, so that under load each
-write carries several requests or replies. The delay it may add is bounded by
-``interval``, a millisecond or two, far below a push's way through Apple or Google.
+for each reply). :class:`CoalescedWrites` writes once per event-loop turn, and under load
+once per tick of a clock shared by every connection of the loop (:data:`WRITE_INTERVAL`):
+when the last tick was longer ago, at the end of this turn (no delay at all at low
+rates); otherwise at the next tick, so that each write carries several requests or
+replies, and the connection to APNs and the one to the XMPP server write in the same
+wake-up. The delay it may add is bounded by the interval, a couple of milliseconds, far
+below a push's way through Apple or Google.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 from collections.abc import Callable
 
-#: The shortest time between two writes of one connection (seconds). At 1,000 publishes/s
-#: a write then carries about two; p99 of the publish round trip stays in milliseconds.
+log = logging.getLogger(__name__)
+
+#: The shortest time between two ticks (seconds). At 1,000 publishes/s a write then
+#: carries about two; p99 of the publish round trip stays in milliseconds.
 WRITE_INTERVAL = 0.002
+
+
+class _Clock:
+    """The ticks of one event loop: each runs the writes asked for since the last."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.last = float("-inf")  # loop.time() of the last tick
+        self.waiting: list[CoalescedWrites] = []
+
+    def add(self, writes: CoalescedWrites) -> None:
+        self.waiting.append(writes)
+        if len(self.waiting) == 1:
+            due = self.last + self.interval
+            if due > self.loop.time():
+                self.loop.call_at(due, self.tick)
+            else:
+                self.loop.call_soon(self.tick)
+
+    def tick(self) -> None:
+        self.last = self.loop.time()
+        waiting, self.waiting = self.waiting, []
+        for writes in waiting:
+            writes.scheduled = False
+            try:
+                writes.now()
+            except Exception:  # a bug in one connection's write: the others still write
+                log.exception("a coalesced write failed")
+
+
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clock] = \
+    weakref.WeakKeyDictionary()
+
+
+def _shared_clock(loop: asyncio.AbstractEventLoop) -> _Clock:
+    clock = _clocks.get(loop)
+    if clock is None:
+        clock = _clocks[loop] = _Clock(loop, WRITE_INTERVAL)
+    return clock
 
 
 class CoalescedWrites:
     """Call ``write`` soon, once for all the calls of :meth:`soon` until then.
 
     ``now()`` writes at once (a batch that is big enough), leaving any scheduled write
-    to send what comes after it.
+    to send what comes after it. ``interval`` other than :data:`WRITE_INTERVAL` gives the
+    connection a clock of its own (for tests).
     """
 
-    __slots__ = ("_last", "_loop", "_scheduled", "_write", "interval")
+    __slots__ = ("_clock", "_write", "scheduled")
 
     def __init__(self, write: Callable[[], None], loop: asyncio.AbstractEventLoop,
                  interval: float = WRITE_INTERVAL) -> None:
         self._write = write
-        self._loop = loop
-        self.interval = interval
-        self._scheduled = False
-        self._last = float("-inf")  # loop.time() of the last write
+        self._clock = _shared_clock(loop) if interval == WRITE_INTERVAL \
+            else _Clock(loop, interval)
+        #: A write is due (for tests and the connection's bookkeeping).
+        self.scheduled = False
 
     @property
-    def scheduled(self) -> bool:
-        """A write is due (for tests and the connection's bookkeeping)."""
-        return self._scheduled
+    def interval(self) -> float:
+        return self._clock.interval
 
     def soon(self) -> None:
-        if self._scheduled:
-            return
-        self._scheduled = True
-        due = self._last + self.interval
-        if due > self._loop.time():
-            self._loop.call_at(due, self._run)
-        else:
-            self._loop.call_soon(self._run)
+        if not self.scheduled:
+            self.scheduled = True
+            self._clock.add(self)
 
     def now(self) -> None:
-        self._last = self._loop.time()
         self._write()
-
-    def _run(self) -> None:
-        self._scheduled = False
-        self.now()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from slixmpp_push.coalesce import CoalescedWrites
+from slixmpp_push.coalesce import WRITE_INTERVAL, CoalescedWrites
 
 
 class Recorder:
@@ -53,3 +53,20 @@ async def test_now_writes_at_once_and_a_scheduled_write_still_follows() -> None:
     assert len(record.times) == 1
     await record.next()  # whatever was asked after the batch still goes out
     assert len(record.times) == 2 and not writes.scheduled
+
+
+async def test_connections_of_one_loop_write_on_the_same_tick() -> None:
+    """The APNs connection and the XMPP stream write in the same wake-up under load."""
+    loop = asyncio.get_running_loop()
+    apns, xmpp = Recorder(loop), Recorder(loop)
+    to_apns, to_xmpp = CoalescedWrites(apns, loop), CoalescedWrites(xmpp, loop)
+    to_apns.soon()
+    await apns.next()  # a tick: the next is WRITE_INTERVAL away
+    to_apns.soon()
+    await asyncio.sleep(0)
+    to_xmpp.soon()  # asked a turn later, written on the same tick
+    await asyncio.gather(apns.next(), xmpp.next())
+    resolution = loop._clock_resolution  # type: ignore[attr-defined]
+    # Not at once (its own first write would be): at the tick, with the other connection.
+    assert xmpp.times[-1] - apns.times[0] >= WRITE_INTERVAL - resolution
+    assert abs(xmpp.times[-1] - apns.times[-1]) < WRITE_INTERVAL / 2

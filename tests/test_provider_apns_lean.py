@@ -38,6 +38,7 @@ from h2.settings import SettingCodes
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
+from slixmpp_push.coalesce import CoalescedWrites
 from slixmpp_push.config import AppConfig
 from slixmpp_push.errors import Outcome
 from slixmpp_push.providers.apns import (
@@ -130,13 +131,17 @@ async def test_requests_started_within_the_write_interval_share_a_write(
     await asyncio.sleep(0.01)  # the write after reading its reply is done too
     assert provider.pool is not None
     [connection] = provider.pool.connections
-    connection._writes.interval = 0.2  # wide, so that a loaded machine cannot split them
+    # A clock of its own, wide, so that a loaded machine cannot split them.
+    connection._writes = CoalescedWrites(connection._write, asyncio.get_running_loop(),
+                                         interval=0.2)
+    connection._writes.soon()  # its first tick (nothing to write): the interval starts
+    await asyncio.sleep(0.01)
     writes = count_writes(provider)
     sends = []
     for i in range(1, 4):
         sends.append(asyncio.ensure_future(provider.send(push(i))))
         await asyncio.sleep(0.01)  # a later loop turn, well within the interval
-    assert not writes  # the reply to push(0) was read < 0.2 s ago: all three wait
+    assert not writes  # the last tick was < 0.2 s ago: all three wait for the next
     await asyncio.gather(*sends)
     assert len(writes) == 1, writes
     assert len(fake_apns.requests) == 4

@@ -29,6 +29,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from slixmpp import ComponentXMPP
+from slixmpp.xmlstream import tostring
 from slixmpp.xmlstream.xmlstream import NotConnectedError
 
 from ..coalesce import CoalescedWrites
@@ -40,6 +41,22 @@ _PUBLISH_PATH = f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}publish"
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
 
 PublishHandler = Callable[[Element], Coroutine[Any, Any, None]]
+#: slixmpp's logger of the stanzas it sends and receives (its ``RECV:`` lines).
+_stream_log = logging.getLogger("slixmpp.xmlstream.xmlstream")
+
+
+class _Shown:
+    """An element as slixmpp shows a received stanza, made only if a line is written."""
+
+    __slots__ = ("xml", "xmpp")
+
+    def __init__(self, xml: Element, xmpp: ComponentXMPP) -> None:
+        self.xml = xml
+        self.xmpp = xmpp
+
+    def __str__(self) -> str:
+        return tostring(self.xml, xmlns=self.xmpp.default_ns, stream=self.xmpp,
+                        top_level=True)
 
 
 def is_publish(xml: Element, iq_tag: str) -> bool:
@@ -93,6 +110,8 @@ class PublishFastPath:
         xml = self.xmpp.incoming_filter(xml)  # jabber:client → the component's namespace
         if not self._incoming_filters and is_publish(xml, self.iq_tag):
             self.taken += 1
+            if _stream_log.isEnabledFor(logging.DEBUG):  # as slixmpp logs what it receives
+                _stream_log.debug("RECV: %s", _Shown(xml, self.xmpp))
             task = asyncio.ensure_future(self.handle(xml))
             self._tasks.add(task)  # the loop holds tasks weakly
             task.add_done_callback(self._tasks.discard)

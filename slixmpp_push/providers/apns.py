@@ -829,7 +829,7 @@ class ApnsConnectionPool(APNsBaseConnectionPool):
 #: 100 publishes read at once are then on their way to Apple while the rest are still
 #: being built, instead of one write after all of them (measured: a window of 100
 #: publishes from the XMPP server moved in lockstep, each side idle half the time).
-WRITE_BATCH = 16
+WRITE_BATCH = 32
 _METHOD_POST = (b":method", b"POST")
 _SCHEME_HTTPS = (b":scheme", b"https")
 

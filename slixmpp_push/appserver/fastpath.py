@@ -13,7 +13,10 @@ and :meth:`PublishFastPath.reply_result` writes ``result`` replies as raw XML, s
 in one write (:class:`~slixmpp_push.coalesce.CoalescedWrites`). Everything else goes
 through slixmpp unchanged, and so do publishes when someone registered an incoming
 filter (it would expect to see them). Component streams only: on a client stream the
-incoming filters count stanzas for XEP-0198, and a raw write would not be counted.
+incoming filters count stanzas for XEP-0198, and a raw write would not be counted. Nor
+are publishes built there as bare stanzas (their children detached while slixmpp builds
+the ``Iq``): slixmpp makes an interface asked for later as a new, empty child instead of
+reading the one there, so another plugin's handler would see an empty publish.
 
 This relies on two slixmpp internals, pinned by ``tests/test_fastpath.py``:
 ``XMLStream._spawn_event(xml)``, called by ``data_received`` for each top-level

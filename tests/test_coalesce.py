@@ -1,4 +1,4 @@
-"""CoalescedWrites: one write for what is asked until then, on a clock shared by the loop.
+"""CoalescedWrites: one write for what is asked until then, at most one per interval.
 
 The rules are checked on a loop whose time the test sets (:class:`ManualLoop`), so that
 no assertion depends on how fast this machine is; the last test runs a real loop.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from slixmpp_push.coalesce import BACKSTOP, WRITE_INTERVAL, CoalescedWrites
 
@@ -65,9 +67,12 @@ class ManualLoop:
 def writer(loop: ManualLoop, interval: float = WRITE_INTERVAL
            ) -> tuple[CoalescedWrites, list[float]]:
     times: list[float] = []
-    writes = CoalescedWrites(lambda: times.append(loop.now), loop,  # type: ignore[arg-type]
-                             interval=interval + 1e-9)  # a clock of its own
-    return writes, times
+
+    def write() -> bool:
+        times.append(loop.now)
+        return True
+
+    return CoalescedWrites(write, loop, interval=interval), times  # type: ignore[arg-type]
 
 
 def test_after_a_quiet_while_a_write_goes_at_the_end_of_the_turn() -> None:
@@ -113,23 +118,51 @@ def test_a_loop_woken_after_the_interval_writes_then_without_its_timer() -> None
     assert loop.timer_due is None  # the timer was cancelled: no wake-up for nothing
 
 
-def test_connections_of_one_clock_write_on_the_same_tick() -> None:
+def test_a_write_with_nothing_to_send_holds_nothing_back() -> None:
+    """aioapns asks for a write after every reply it reads, usually with nothing to send:
+    the next request still goes at once if the last real write is an interval ago."""
     loop = ManualLoop()
-    to_apns = CoalescedWrites(lambda: written.append("apns"), loop)  # type: ignore[arg-type]
-    to_xmpp = CoalescedWrites(lambda: written.append("xmpp"), loop)  # type: ignore[arg-type]
-    written: list[str] = []
+    sent: list[bool] = [True]
+    times: list[float] = []
+
+    def write() -> bool:
+        times.append(loop.now)
+        return sent[-1]
+
+    writes = CoalescedWrites(write, loop, interval=0.002)  # type: ignore[arg-type]
+    writes.soon()
+    loop.end_turn()  # a request
+    sent.append(False)
+    loop.now += 0.0025
+    writes.soon()  # the reply read: an empty write
+    loop.end_turn()
+    sent.append(True)
+    loop.now += 0.0010  # 1 ms after the empty write, 3.5 ms after the request
+    writes.soon()
+    loop.end_turn()
+    assert times == pytest.approx([100.0, 100.0025, 100.0035])
+    assert loop.timer_due is None
+
+
+def test_each_connection_has_its_own_clock() -> None:
+    """Our reply on the XMPP stream does not hold back the next APNs request (Prosody
+    publishes the next notification for an account once we answered the last)."""
+    loop = ManualLoop()
+    to_apns, apns = writer(loop)
+    to_xmpp, xmpp = writer(loop)
     to_apns.soon()
     loop.end_turn()
-    assert written == ["apns"]
-    loop.now += WRITE_INTERVAL / 4
-    to_apns.soon()
+    loop.now += 0.0005
+    to_xmpp.soon()  # the reply to the XMPP server
     loop.end_turn()
-    to_xmpp.soon()  # asked a turn later: the same tick
+    loop.now += 0.0010
+    to_apns.soon()  # within the APNs connection's interval: it waits
     loop.end_turn()
-    assert written == ["apns"]
-    assert loop.timer_due is not None
-    loop.sleep_until(loop.timer_due)
-    assert written == ["apns", "apns", "xmpp"]
+    assert apns == [100.0] and xmpp == pytest.approx([100.0005])
+    loop.now += 0.0030
+    to_xmpp.soon()  # its own interval is up: at once, whatever the other does
+    loop.end_turn()
+    assert xmpp == pytest.approx([100.0005, 100.0045])
 
 
 def test_now_writes_at_once_and_a_scheduled_write_still_follows() -> None:
@@ -145,7 +178,12 @@ def test_now_writes_at_once_and_a_scheduled_write_still_follows() -> None:
 async def test_on_a_real_loop_the_writes_happen() -> None:
     loop = asyncio.get_running_loop()
     written = asyncio.Event()
-    writes = CoalescedWrites(written.set, loop)
+
+    def write() -> bool:
+        written.set()
+        return True
+
+    writes = CoalescedWrites(write, loop)
     for _ in range(3):
         writes.soon()
         await asyncio.wait_for(written.wait(), 5)

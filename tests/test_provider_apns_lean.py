@@ -38,7 +38,7 @@ from h2.settings import SettingCodes
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
-from slixmpp_push.coalesce import CoalescedWrites
+from slixmpp_push.coalesce import BACKSTOP, WRITE_INTERVAL, CoalescedWrites
 from slixmpp_push.config import AppConfig
 from slixmpp_push.errors import Outcome
 from slixmpp_push.providers.apns import (
@@ -128,23 +128,26 @@ async def test_requests_started_within_the_write_interval_share_a_write(
     write, wait for the interval and go out together (the load case: at 1,000 publishes/s
     each arrives alone)."""
     await delivered(provider, [push(0)])
-    await asyncio.sleep(0.01)  # the write after reading its reply is done too
     assert provider.pool is not None
     [connection] = provider.pool.connections
-    # A clock of its own, wide, so that a loaded machine cannot split them.
+    # The write asked for after reading its reply is due within BACKSTOP intervals: its
+    # timer fires before this sleep's, however slow the machine.
+    await asyncio.sleep(WRITE_INTERVAL * BACKSTOP * 10)
+    assert not connection._writes.scheduled
+    # A wide interval, so that a loaded machine cannot split them.
     connection._writes = CoalescedWrites(connection._write, asyncio.get_running_loop(),
                                          interval=0.2)
-    connection._writes.soon()  # its first tick (nothing to write): the interval starts
-    await asyncio.sleep(0.01)
     writes = count_writes(provider)
+    await provider.send(push(1))  # the first write of this interval goes at once
+    assert len(writes) == 1
     sends = []
-    for i in range(1, 4):
+    for i in range(2, 5):
         sends.append(asyncio.ensure_future(provider.send(push(i))))
         await asyncio.sleep(0.01)  # a later loop turn, well within the interval
-    assert not writes  # the last tick was < 0.2 s ago: all three wait for the next
+    assert len(writes) == 1  # the three wait for the interval
     await asyncio.gather(*sends)
-    assert len(writes) == 1, writes
-    assert len(fake_apns.requests) == 4
+    assert len(writes) == 2, writes
+    assert len(fake_apns.requests) == 5
 
 
 async def test_stock_aioapns_writes_once_per_request(

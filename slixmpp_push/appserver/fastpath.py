@@ -132,9 +132,9 @@ class PublishFastPath:
             self._writes = CoalescedWrites(self._write_results, asyncio.get_running_loop())
         self._writes.soon()
 
-    def _write_results(self) -> None:
+    def _write_results(self) -> bool:
         if not self._results:
-            return
+            return False
         data = "".join(self._results)
         self._results.clear()
         try:
@@ -143,3 +143,5 @@ class PublishFastPath:
             # The stream is gone, and the server with it forgot these IQs: a reply on
             # the next stream would answer nothing. It publishes again if it must.
             log.debug("stream closed before %d result(s) could be written", data.count("<iq"))
+            return False
+        return True

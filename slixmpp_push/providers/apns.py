@@ -1182,14 +1182,16 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         self._active_at = self.loop.time()
         self._writes.soon()
 
-    def _write(self) -> None:
+    def _write(self) -> bool:
+        """Write what h2 has to send; whether there was anything."""
         self._unwritten = 0
         transport = self.transport
         if transport is None or self.closing or transport.is_closing():
-            return  # lost or failing meanwhile: its requests fail with it
+            return False  # lost or failing meanwhile: its requests fail with it
         data = self.conn.data_to_send()
         if data:
             transport.write(data)
+        return bool(data)
 
     def refresh_inactivity_timer(self) -> None:
         """Note activity; the timer, armed once, closes the connection after

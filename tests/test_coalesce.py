@@ -64,13 +64,15 @@ class ManualLoop:
         return min(live) if live else None
 
 
-def writer(loop: ManualLoop, interval: float = WRITE_INTERVAL
-           ) -> tuple[CoalescedWrites, list[float]]:
+def writer(loop: ManualLoop, interval: float = WRITE_INTERVAL,
+           sends: Callable[[], bool] = lambda: True) -> tuple[CoalescedWrites, list[float]]:
+    """A connection's writes on ``loop``, and when they ran; ``sends`` says whether each
+    had something to send."""
     times: list[float] = []
 
     def write() -> bool:
         times.append(loop.now)
-        return True
+        return sends()
 
     return CoalescedWrites(write, loop, interval=interval), times  # type: ignore[arg-type]
 
@@ -85,12 +87,19 @@ def test_after_a_quiet_while_a_write_goes_at_the_end_of_the_turn() -> None:
     assert times == [100.0] and loop.timer_due is None and not writes.scheduled
 
 
-def test_within_the_interval_writes_wait_for_a_timer_a_little_after_it() -> None:
+def half_a_millisecond_after_a_write(interval: float
+                                     ) -> tuple[ManualLoop, CoalescedWrites, list[float]]:
+    """A connection that wrote at 100.0; the loop's time is now 100.0005."""
     loop = ManualLoop()
-    writes, times = writer(loop, 0.002)
+    writes, times = writer(loop, interval)
     writes.soon()
     loop.end_turn()
     loop.now += 0.0005
+    return loop, writes, times
+
+
+def test_within_the_interval_writes_wait_for_a_timer_a_little_after_it() -> None:
+    loop, writes, times = half_a_millisecond_after_a_write(0.002)
     for _ in range(3):  # asked three times, in different turns: one write
         writes.soon()
         loop.end_turn()
@@ -103,11 +112,7 @@ def test_within_the_interval_writes_wait_for_a_timer_a_little_after_it() -> None
 
 def test_a_loop_woken_after_the_interval_writes_then_without_its_timer() -> None:
     """Under load something else (a publish, a reply) wakes the loop: the tick goes with it."""
-    loop = ManualLoop()
-    writes, times = writer(loop, 0.002)
-    writes.soon()
-    loop.end_turn()
-    loop.now += 0.0005
+    loop, writes, times = half_a_millisecond_after_a_write(0.002)
     writes.soon()  # within the interval: a timer
     timer = loop.timer_due
     assert timer is not None
@@ -123,13 +128,7 @@ def test_a_write_with_nothing_to_send_holds_nothing_back() -> None:
     the next request still goes at once if the last real write is an interval ago."""
     loop = ManualLoop()
     sent: list[bool] = [True]
-    times: list[float] = []
-
-    def write() -> bool:
-        times.append(loop.now)
-        return sent[-1]
-
-    writes = CoalescedWrites(write, loop, interval=0.002)  # type: ignore[arg-type]
+    writes, times = writer(loop, 0.002, sends=lambda: sent[-1])
     writes.soon()
     loop.end_turn()  # a request
     sent.append(False)

@@ -85,13 +85,14 @@ async def _ended_within(task: asyncio.Task[Any], seconds: float) -> bool:
     for one task, without the sets and checks it makes on every publish."""
     if task.done():
         return True
-    waiter = task.get_loop().create_future()
+    loop = task.get_loop()
+    waiter = loop.create_future()
 
     def wake(_: object = None) -> None:
         if not waiter.done():
             waiter.set_result(None)
 
-    timer = task.get_loop().call_later(seconds, wake)
+    timer = loop.call_later(seconds, wake)
     task.add_done_callback(wake)
     try:
         await waiter

@@ -36,11 +36,10 @@ from slixmpp.xmlstream import tostring
 from slixmpp.xmlstream.xmlstream import NotConnectedError
 
 from ..coalesce import CoalescedWrites
+from ..xep_0357.publish import PUBLISH_PATH
 
 log = logging.getLogger(__name__)
 
-PUBSUB_NS = "http://jabber.org/protocol/pubsub"
-_PUBLISH_PATH = f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}publish"
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
 
 PublishHandler = Callable[[Element], Coroutine[Any, Any, None]]
@@ -65,7 +64,7 @@ class _Shown:
 def is_publish(xml: Element, iq_tag: str) -> bool:
     """An IQ set carrying a pubsub publish: what the fast path takes."""
     return xml.tag == iq_tag and xml.get("type") == "set" \
-        and xml.find(_PUBLISH_PATH) is not None
+        and xml.find(PUBLISH_PATH) is not None
 
 
 def _attribute(value: str) -> str:
@@ -94,10 +93,6 @@ class PublishFastPath:
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: list[str] = []
         self._writes: CoalescedWrites | None = None  # made in the loop, at the first result
-
-    @property
-    def installed(self) -> bool:
-        return self._spawn_event is not None
 
     def install(self) -> None:
         if self._spawn_event is None:

@@ -105,7 +105,7 @@ from ..models import Dialect, Notification, Registration
 from ..providers import Provider, create_provider
 from ..store import DEAD_TOKENS, REGISTRATIONS, Store, create_store
 from ..store.shared import SharedState
-from ..xep_0357.publish import MalformedPublish, parse_publish
+from ..xep_0357.publish import PUBLISH_PATH, MalformedPublish, parse_publish
 from ..xep_0357.stanza import NS, register_stanzas
 from .adhoc import COMMANDS_NS, withdraw_command
 from .delivery import Delivery, DeliveryPolicy, QueueFull, Submitted
@@ -118,8 +118,6 @@ from .selftest import register_selftest_command, withdraw_selftest_command
 
 log = logging.getLogger(__name__)
 
-_PUBLISH_XPATH = "{%s}iq/{http://jabber.org/protocol/pubsub}pubsub/" \
-                 "{http://jabber.org/protocol/pubsub}publish"
 _STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 MONAL_MODULE_OPTION = "pushModule"
 #: The text of the 'wait' error answered while the store cannot write.
@@ -196,7 +194,7 @@ class PushAppServer(BasePlugin):
         self.started_at = time.time()
         self._component = isinstance(self.xmpp, ComponentXMPP)
         self.xmpp.register_handler(CoroutineCallback(
-            "push_appserver publish", MatchXPath(_PUBLISH_XPATH % self.xmpp.default_ns),
+            "push_appserver publish", MatchXPath(f"{{{self.xmpp.default_ns}}}iq/{PUBLISH_PATH}"),
             self._on_publish_stanza))
         # Component streams: publishes skip slixmpp's stanza objects (fastpath.py).
         self.fast_path: PublishFastPath | None = None

@@ -40,7 +40,8 @@ from .stanza import (
 
 _PUBSUB = "{http://jabber.org/protocol/pubsub}"
 _DATA = "{jabber:x:data}"
-_PUBLISH = f"{_PUBSUB}pubsub/{_PUBSUB}publish"
+#: Where a publish IQ holds its publish element (ElementTree path below the ``iq``).
+PUBLISH_PATH = f"{_PUBSUB}pubsub/{_PUBSUB}publish"
 _NOTIFICATION = f"{_PUBSUB}item/{{{NS}}}notification"
 _OPTIONS_FORM = f"{_PUBSUB}pubsub/{_PUBSUB}publish-options/{_DATA}x"
 _ENCRYPTED = f"{{{NS_ENCRYPT}}}encrypted"
@@ -147,7 +148,7 @@ def _page(fields: dict[str, str]) -> PageFields | None:
 
 def parse_publish(iq: Element) -> Publish:
     """Read node, summary, Tigase extensions and publish-options of a publish IQ."""
-    publish = iq.find(_PUBLISH)
+    publish = iq.find(PUBLISH_PATH)
     if publish is None:
         raise MalformedPublish("no pubsub publish element")
     node = _bounded(publish.get("node"), "node")  # ours are 12 characters, tokens 200

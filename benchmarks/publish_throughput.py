@@ -409,6 +409,8 @@ async def seed(path: Path, count: int) -> list[str]:
 
 async def py_spy(pid: int, seconds: float, output: str) -> asyncio.subprocess.Process:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("--py-spy needs py-spy: pip install -e '.[bench]'")
     fmt = "speedscope" if output.endswith(".json") else (
         "raw" if output.endswith(".txt") else "flamegraph")
     return await asyncio.create_subprocess_exec(

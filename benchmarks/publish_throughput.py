@@ -2,7 +2,7 @@
 
     python benchmarks/publish_throughput.py [--rounds 3] [--rate 1000] [--seconds 8]
                                             [--window 100] [--registrations 10000]
-                                            [--py-spy FILE]
+                                            [--py-spy FILE [--profile window]]
 
 Three processes, loopback only:
 
@@ -491,7 +491,7 @@ async def one_round(generator: LoadGenerator, fake: FakeApnsChild,
     before = await fake.count()
     warmup, seconds = args.warmup, args.seconds / args.slices
     profiler = None
-    if spy:
+    if spy and args.profile == "paced":
         profiler = await py_spy(ours_child.pid, 2 * args.slices * (warmup + seconds), spy)
     paced: list[tuple[Phase, Phase]] = []
     for _ in range(args.slices):
@@ -502,6 +502,9 @@ async def one_round(generator: LoadGenerator, fake: FakeApnsChild,
         paced.append(pair)
     if profiler is not None:
         await profiler.wait()
+        profiler = None
+    if spy and args.profile == "window":
+        profiler = await py_spy(ours_child.pid, 2 * args.slices * (warmup + seconds), spy)
     window: list[tuple[Phase, Phase]] = []
     for _ in range(args.slices):
         pair = (await trivial.saturate(args.window, warmup, seconds, meter(trivial_child)),
@@ -509,6 +512,8 @@ async def one_round(generator: LoadGenerator, fake: FakeApnsChild,
         describe("(a) trivial, window", pair[0])
         describe("(d) ours, window", pair[1])
         window.append(pair)
+    if profiler is not None:
+        await profiler.wait()
     for stream in (trivial, floor, ours):
         await stream.close()
     await delivered(fake, before, floor.results + ours.results, "floor and ours")
@@ -603,6 +608,9 @@ if __name__ == "__main__":
     parser.add_argument("--py-spy", metavar="FILE",
                         help="profile our app server during (c) of the first round (.svg "
                              "flamegraph, .json speedscope, .txt raw stacks)")
+    parser.add_argument("--profile", choices=("paced", "window"), default="paced",
+                        help="with --py-spy: profile (c), ours at --rate, or (d), ours at "
+                             "its ceiling")
     parser.add_argument("--role", choices=("trivial", "aioapns", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--secret", help=argparse.SUPPRESS)

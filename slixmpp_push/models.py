@@ -125,13 +125,13 @@ class Registration:
     (sha1(account \\0 device id), sent as "account"), and for a group chat
     ``channel`` (its bare JID) and ``channel_key`` (sha1(muc \\0 device id)).
 
-    A store keeps one of these per device, hundreds of thousands of them, so they are
-    compact: slots; one shared string per app and domain (interned); hex tokens and
-    keys as the bytes they spell (the attributes still read and compare as text); the
-    five fields most registrations leave empty in one slot. An APNs registration with
-    a VoIP token then takes about 480 bytes, the store's indexes included
-    (``benchmarks/store.py``). Reading ``token`` makes its text again (about 0.1 µs).
-    Registrations are replaced, not changed, once stored.
+    A store keeps them packed (``store/packed.py``, about 150 bytes each) and makes one
+    of these each time one is read. The object is compact too, for the many a fan-out
+    holds at once: slots; one shared string per app and domain (interned); hex tokens
+    and keys as the bytes they spell (the attributes still read and compare as text);
+    the five fields most registrations leave empty in one slot. Reading ``token`` makes
+    its text again (about 0.1 µs). Changing one changes nothing stored: ``Store.put``
+    it again.
     """
 
     __slots__ = ("_rare", "_token", "_voip_token", "account", "app", "created", "dialect",

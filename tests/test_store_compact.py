@@ -125,24 +125,25 @@ async def test_the_registrations_table_is_made_from_the_objects() -> None:
         await store.set_doc("registrations", "n9", reg("n9").to_doc())
 
 
-async def test_an_account_holds_one_string_and_its_nodes_in_order() -> None:
+async def test_an_account_finds_its_registrations_by_node() -> None:
     store = MemoryStore()
     await store.open()
     account = "alice@example.org"
-    devices = [reg(f"n{i}", account="".join(account), token=f"t{i}") for i in (3, 1, 2)]
+    devices = [reg(f"n{i}", account=account, token=f"t{i}") for i in (3, 1, 2)]
     for device in devices:
         await store.put(device)
-    assert [r.node for r in store.by_account(account)] == ["n1", "n2", "n3"]
-    assert len({id(r.account) for r in store.by_account(account)}) == 1
-    assert all(store._by_account[account][i] is devices[i].node for i in range(3))
+    await store.put(reg("m1", account="bob@example.org"))
+    assert store.by_account(account) == sorted(devices, key=lambda r: r.node)
     await store.remove("n1")
     await store.remove("n3")
-    assert store._by_account[account] is devices[2].node  # one left: the node itself
+    assert store.by_account(account) == [devices[2]]
     await store.put(reg("n4", account=account, token="t4"))
     assert [r.node for r in store.by_account(account)] == ["n2", "n4"]
     await store.remove("n2")
     await store.remove("n4")
-    assert store.by_account(account) == [] and account not in store._by_account
+    assert store.by_account(account) == []
+    assert [r.node for r in store.by_account("bob@example.org")] == ["m1"]
+    assert store.count_by_app() == {"ios": 1}
 
 
 async def test_find_device_answers_the_latest_of_two_registrations_of_one_device() -> None:
@@ -153,9 +154,9 @@ async def test_find_device_answers_the_latest_of_two_registrations_of_one_device
     older, newer = reg("n1", token="same"), reg("n2", token="same")
     await store.put(older)
     await store.put(newer)
-    assert store.find_device(device_identity(older)) is newer
+    assert store.find_device(device_identity(older)) == newer
     await store.remove("n2")
-    assert store.find_device(device_identity(older)) is older
+    assert store.find_device(device_identity(older)) == older
     assert store.find_device(("alice@example.org", "ios", "other", "")) is None
     assert store.find_device(("nobody@example.org", "ios", "same", "")) is None
 
@@ -197,15 +198,12 @@ async def test_a_snapshot_as_tinydb_or_json_dump_wrote_it_loads(tmp_path: Path,
     pending = {"n1": {"x": [1, {"y": None}]}}
     path.write_text(json.dumps(database(registrations, pending=pending), indent=indent))
     store = await opened(path)
-    assert {n: r.to_doc() for n, r in store._registrations.items()} == {
+    assert {r.node: r.to_doc() for r in store.registrations()} == {
         "n1": doc("n1"), "n2": doc("n2", voip_token=HEX, secret="s"), "n3": doc("n3")}
     assert store.table("pending") == pending
     assert [r.node for r in store.registrations()] == ["n1", "n2", "n3"]
-    # The indexes hold the objects' own node strings, not copies.
-    assert all(key is r.node for key, r in store._registrations.items())
-    assert store._by_account["alice@example.org"] == ["n1", "n2", "n3"]
-    assert all(node is store._registrations[node].node
-               for node in store._by_account["alice@example.org"])
+    assert [r.node for r in store.by_account("alice@example.org")] == ["n1", "n2", "n3"]
+    assert store.count_by_app() == {"ios": 3}
 
 
 async def test_a_snapshot_the_walk_does_not_expect_loads_as_json_loads_reads_it(
@@ -271,11 +269,12 @@ async def test_the_journal_may_mend_or_break_a_registration_of_the_snapshot(
     journal = tmp_path / "store.json.journal"
     broken = {"node": "n2", "dialect": "tigase"}  # no account, token…
     path.write_text(json.dumps(database({"n1": doc("n1"), "n2": broken, "n3": broken})))
-    journal.write_text(json.dumps(["registrations", "n2", doc("n2")]) + "\n"
-                       + json.dumps(["registrations", "n3", None]) + "\n")
+    mended = (json.dumps(["registrations", "n2", doc("n2")]) + "\n"
+              + json.dumps(["registrations", "n3", None]) + "\n")
+    journal.write_text(mended)
     store = await opened(path)
     assert [r.node for r in store.registrations()] == ["n1", "n2"]
-    journal.write_text(json.dumps(["registrations", "n1", {"node": "n1"}]) + "\n")
+    journal.write_text(mended + json.dumps(["registrations", "n1", {"node": "n1"}]) + "\n")
     with pytest.raises(StoreError, match="registration 'n1' in the store is invalid: "
                                          "'dialect'"):
         await opened(path)

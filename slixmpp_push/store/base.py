@@ -6,11 +6,12 @@ end only implements :meth:`Store._persist` (and loading); everything else —
 indexes, typed accessors, rollback on a failed write, the write health that
 /health reports (:class:`~.status.StoreStatus`) — lives here once.
 
-Registrations are kept once, as compact :class:`~slixmpp_push.models.Registration`
-objects (hundreds of thousands of them): the ``registrations`` table's documents are
-made when read (:class:`RegistrationDocs`), and the indexes hold node strings, the
-very ones the objects hold. A back end builds the objects as it reads its documents
-(:class:`LoadedRegistrations`), without a table of documents in between. A back end
+Registrations (hundreds of thousands of them) are kept packed, off the Python heap
+(:class:`~.packed.RegistrationTable`: one byte array and two hash indexes, by node and
+by account); a :class:`~slixmpp_push.models.Registration` is made when one is read, and
+the ``registrations`` table's documents too (:class:`RegistrationDocs`). A back end
+packs each document as it reads it (:class:`LoadedRegistrations`), without a table of
+documents or objects in between. A back end
 that other processes write too (PostgreSQL) applies their changes to memory
 with :meth:`Store._apply_remote`, which updates the indexes and persists nothing, then
 tells whoever :meth:`Store.watch`-es that table.
@@ -24,13 +25,13 @@ import contextlib
 import gc
 import logging
 import operator
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import StoreError
 from ..models import Registration
+from .packed import RegistrationTable
 from .status import StoreStatus
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ DeviceIdentity = tuple[str, str, str, str]
 #: Told of another process's change of one document: (key, document or None if deleted).
 Watcher = Callable[[str, dict[str, Any] | None], None]
 
-_app_of = operator.attrgetter("app")
+_node_of = operator.attrgetter("node")
 
 
 def device_identity(registration: Registration) -> DeviceIdentity:
@@ -78,35 +79,44 @@ def collections_paused() -> Iterator[None]:
 
 
 class LoadedRegistrations:
-    """The registrations table as a back end reads it, in its order: each document
-    becomes its :class:`Registration` at once (:meth:`Registration.from_stored`), or,
-    when it is not a document as this release writes it, stays a document, which the
+    """The registrations table as a back end reads it, in its order: each document is
+    packed into :attr:`table` at once (:meth:`RegistrationTable.put_stored`), or, when
+    it is not a document as this release writes it, kept in :attr:`unbuilt`, which the
     store checks when it opens (:meth:`Registration.from_doc`, and its error)."""
 
-    __slots__ = ("entries", "unbuilt")
+    __slots__ = ("table", "unbuilt")
 
     def __init__(self) -> None:
-        self.entries: dict[str, Registration | Any] = {}
-        self.unbuilt: set[str] = set()  # keys whose entry is still a document
+        self.table = RegistrationTable()
+        #: Key -> a document of another shape (or a Registration filed under another
+        #: key than its node), in the order read.
+        self.unbuilt: dict[str, Any] = {}
 
     def put(self, key: str, doc: Any) -> None:
-        built = Registration.from_stored(key, doc) if type(doc) is dict else None
-        if built is None:
-            self.keep(key, doc)
-        else:
-            self.entries[key] = built
+        if type(doc) is dict and self.table.put_stored(key, doc):
             if self.unbuilt:
-                self.unbuilt.discard(key)
+                self.unbuilt.pop(key, None)
+        else:
+            self.keep(key, doc)
 
     def keep(self, key: str, doc: Any) -> None:
         """Keep ``doc`` as it is, to be checked when the store opens."""
-        self.entries[key] = doc
-        self.unbuilt.add(key)
+        self.table.discard(key)
+        self.unbuilt.pop(key, None)  # the latest goes last
+        self.unbuilt[key] = doc
 
     def delete(self, key: str) -> None:
-        self.entries.pop(key, None)
+        self.table.discard(key)
         if self.unbuilt:
-            self.unbuilt.discard(key)
+            self.unbuilt.pop(key, None)
+
+    def reserve(self, expected: int) -> None:
+        """About ``expected`` registrations are coming: size the indexes once."""
+        self.table.reserve(expected)
+
+    def clear(self) -> None:
+        self.table = RegistrationTable()
+        self.unbuilt = {}
 
 
 @dataclass
@@ -131,7 +141,7 @@ class RegistrationDocs(Mapping[str, dict[str, Any]]):
         return self._store._registrations[key].to_doc()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._store._registrations)
+        return iter(list(self._store._registrations))
 
     def __len__(self) -> int:
         return len(self._store._registrations)
@@ -150,10 +160,10 @@ class Store(abc.ABC):
         #: Every table but the registrations: key -> document.
         self._tables: dict[str, dict[str, dict[str, Any]]] = {
             name: {} for name in TABLES if name != REGISTRATIONS}
-        self._registrations: dict[str, Registration] = {}
-        #: account -> its node, or its nodes (oldest first) when it has several.
-        self._by_account: dict[str, str | list[str]] = {}
-        self._app_counts: dict[str, int] = {}
+        self._registrations = RegistrationTable()
+        #: node -> the marker of the latest change of it in memory whose write is still
+        #: in flight: a write that fails rolls memory back only if no change came since.
+        self._changes: dict[str, object] = {}
         self._opened = False
         self._opening: asyncio.Future[None] | None = None
         self.status = StoreStatus()  # write failures (logged once), journal size
@@ -203,61 +213,38 @@ class Store(abc.ABC):
             self._adopt_registrations(loaded.registrations, invalid)
 
     def _adopt_registrations(self, loaded: LoadedRegistrations, invalid: str) -> None:
-        self._by_account = {}
-        self._app_counts = {}
-        entries = loaded.entries
-        if loaded.unbuilt:  # documents of another shape: one by one, as ever
-            self._registrations = {}
-            for key, entry in entries.items():
+        table = loaded.table
+        for key, entry in loaded.unbuilt.items():  # documents of another shape, as ever
+            try:
                 if not isinstance(entry, Registration):
-                    try:
-                        entry = Registration.from_doc(entry)
-                    except (KeyError, TypeError, ValueError) as exc:
-                        raise StoreError(invalid.format(key, exc)) from exc
-                old = self._registrations.get(entry.node)
-                if old is not None:  # two keys, one node (a hand-made file)
-                    self._unindex(old)
-                self._index(entry)
-        else:
-            self._registrations = entries  # every entry is a Registration under its node
-            # _index_lookups's work, in fewer steps (100k registrations at start).
-            self._app_counts = dict(Counter(map(_app_of, entries.values())))
-            claim = self._by_account.setdefault
-            for node, registration in entries.items():
-                first = claim(registration.account, node)
-                if first is not node:  # the account's second registration, or later
-                    self._index_account(registration)
+                    entry = Registration.from_doc(entry)
+                table.put(entry)  # under its own node (two keys, one node: the later)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreError(invalid.format(key, exc)) from exc
+        self._registrations = table
+        self._changes.clear()
 
     # -- registrations ------------------------------------------------------
     def get(self, node: str) -> Registration | None:
         return self._registrations.get(node)
 
     def find_device(self, identity: DeviceIdentity) -> Registration | None:
-        """The account's registration of that device: the latest indexed, should there be
+        """The account's registration of that device: the latest stored, should there be
         several (an account has a few: a scan of them costs less than an index)."""
-        nodes = self._by_account.get(identity[0])
-        if nodes is None:
-            return None
-        for node in (nodes,) if type(nodes) is str else reversed(nodes):
-            registration = self._registrations[node]
+        for registration in reversed(self._registrations.by_account(identity[0])):
             if device_identity(registration) == identity:
                 return registration
         return None
 
     def by_account(self, account: str) -> list[Registration]:
-        nodes = self._by_account.get(account)
-        if nodes is None:
-            return []
-        if type(nodes) is str:
-            return [self._registrations[nodes]]
-        return [self._registrations[n] for n in sorted(nodes)]
+        return sorted(self._registrations.by_account(account), key=_node_of)
 
     def registrations(self) -> Iterator[Registration]:
         return iter(list(self._registrations.values()))
 
     def count_by_app(self) -> dict[str, int]:
         """Registrations per app (for metrics)."""
-        return dict(self._app_counts)
+        return self._registrations.count_by_app()
 
     def __len__(self) -> int:
         return len(self._registrations)
@@ -267,78 +254,45 @@ class Store(abc.ABC):
         return True
 
     async def put(self, registration: Registration) -> None:
-        old = self._registrations.get(registration.node)
-        if old is not None:
-            self._unindex(old)
-        self._index(registration)
+        node = registration.node
+        old = self._registrations.get(node)
+        self._index(registration)  # raises, changing nothing, for what cannot be stored
+        change = self._changes[node] = object()
         try:
-            await self._persist_reported([(REGISTRATIONS, registration.node,
-                                           registration.to_doc())])
+            await self._persist_reported([(REGISTRATIONS, node, registration.to_doc())])
         except BaseException:
-            if self._registrations.get(registration.node) is registration:
+            if self._changes.get(node) is change:  # nothing changed it since
                 self._unindex(registration)
                 if old is not None:
                     self._index(old)
             raise
+        finally:
+            if self._changes.get(node) is change:
+                del self._changes[node]
 
     async def remove(self, node: str) -> Registration | None:
         old = self._registrations.get(node)
         if old is None:
             return None
         self._unindex(old)
+        change = self._changes[node] = object()
         try:
             await self._persist_reported([(REGISTRATIONS, node, None)])
         except BaseException:
-            if node not in self._registrations:
+            if self._changes.get(node) is change:
                 self._index(old)
             raise
+        finally:
+            if self._changes.get(node) is change:
+                del self._changes[node]
         return old
 
     def _index(self, registration: Registration) -> None:
-        self._registrations[registration.node] = registration
-        self._index_lookups(registration)
-
-    def _index_lookups(self, registration: Registration) -> None:
-        """The account and app indexes of a registration already in ``_registrations``."""
-        self._index_account(registration)
-        app = registration.app
-        self._app_counts[app] = self._app_counts.get(app, 0) + 1
-
-    def _index_account(self, registration: Registration) -> None:
-        account, node = registration.account, registration.node
-        nodes = self._by_account.get(account)
-        # An account's later registrations take the first one's string for it.
-        if nodes is None:
-            self._by_account[account] = node
-        elif isinstance(nodes, str):
-            if nodes != node:
-                registration.account = self._registrations[nodes].account
-                self._by_account[account] = [nodes, node]
-        elif node not in nodes:
-            registration.account = self._registrations[nodes[0]].account
-            nodes.append(node)
+        """Hold ``registration``, in place of any with its node."""
+        self._registrations.put(registration)
 
     def _unindex(self, registration: Registration) -> None:
-        node = registration.node
-        if self._registrations.pop(node, None) is not None:
-            left = self._app_counts.get(registration.app, 1) - 1
-            if left:
-                self._app_counts[registration.app] = left
-            else:
-                self._app_counts.pop(registration.app, None)
-        account = registration.account
-        nodes = self._by_account.get(account)
-        if nodes is None:
-            return
-        if isinstance(nodes, str):
-            if nodes == node:
-                del self._by_account[account]
-        elif node in nodes:
-            nodes.remove(node)
-            if len(nodes) == 1:
-                self._by_account[account] = nodes[0]
-            elif not nodes:
-                del self._by_account[account]
+        self._registrations.discard(registration.node)
 
     # -- generic tables (pending notifications, dead tokens) ---------------------
     async def reread(self, name: str, key: str) -> None:
@@ -394,11 +348,13 @@ class Store(abc.ABC):
         replacement = Loaded({name: new[name] for name in self._tables})
         for node, doc in new[REGISTRATIONS].items():
             try:
-                replacement.registrations.entries[node] = Registration.from_doc(doc)
+                registration = Registration.from_doc(doc)
+                if registration.node == node:
+                    replacement.registrations.table.put(registration)
+                else:  # indexed by its own node
+                    replacement.registrations.unbuilt[node] = registration
             except (KeyError, TypeError, ValueError) as exc:
                 raise StoreError(f"registration {node!r} is invalid: {exc}") from exc
-            if replacement.registrations.entries[node].node != node:
-                replacement.registrations.unbuilt.add(node)  # indexed by its own node
         ops: list[Op] = []
         for name in TABLES:
             old = self.table(name)
@@ -407,7 +363,7 @@ class Store(abc.ABC):
         if not ops:
             return
         before = Loaded({name: dict(table) for name, table in self._tables.items()})
-        before.registrations.entries = dict(self._registrations)
+        before.registrations.table = self._registrations  # adopting leaves it as it is
         self._adopt(replacement)
         try:
             await self._persist_reported(ops)
@@ -430,7 +386,12 @@ class Store(abc.ABC):
             if old is not None:
                 self._unindex(old)
             if new is not None:
-                self._index(new)
+                try:
+                    self._index(new)
+                except (TypeError, ValueError) as exc:
+                    log.error("store: registration %s written by another process cannot "
+                              "be held (%s); ignored", key, exc)
+            self._changes.pop(key, None)  # theirs is the latest: no rollback over it
         else:
             table = self._tables[name]
             if doc is None:

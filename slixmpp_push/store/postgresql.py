@@ -172,13 +172,16 @@ def _not_an_object(name: str, key: str) -> None:
 
 def _build(rows: Iterable[Sequence[Any]], registrations: LoadedRegistrations) -> None:
     """Each row's registration into ``registrations`` (:func:`_decode`'s rules)."""
+    put, unbuilt = registrations.table.put_stored, registrations.unbuilt  # put(), inlined
     with collections_paused():
         for key, text in rows:
             doc = json.loads(text)
-            if isinstance(doc, dict):
-                registrations.put(key, doc)
-            else:
+            if type(doc) is not dict:
                 _not_an_object(REGISTRATIONS, key)
+            elif not put(key, doc):
+                registrations.keep(key, doc)
+            elif unbuilt:
+                unbuilt.pop(key, None)
 
 
 class PostgresStore(Store):
@@ -340,6 +343,9 @@ class PostgresStore(Store):
                     rows = await conn.fetch(query, timeout=timeout)
                     loaded.documents[name] = await self._decoded(name, rows)
                     continue
+                # Counted first (same snapshot): the indexes are sized once.
+                loaded.registrations.reserve(await conn.fetchval(
+                    f"SELECT count(*) FROM {name}", timeout=timeout))
                 cursor = await conn.cursor(query, timeout=timeout)
                 # The next chunk travels while this one is built: on the event loop, a
                 # few milliseconds a chunk (a thread measured slower: the GIL's handoffs).

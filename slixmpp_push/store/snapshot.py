@@ -3,12 +3,11 @@
 The file is a TinyDB database: ``{"_meta": {"1": {"schema": 1}}, "registrations":
 {"1": {…, "_key": node}, …}, "pending": {…}, …}``. Reading it with ``json.load``
 builds a dictionary for each of 100k registrations (and the table holding them) only
-to turn them into :class:`~slixmpp_push.models.Registration` objects afterwards: a
-second copy of the store in memory, and as much time again. :func:`read_snapshot`
-instead walks the top-level object and the registrations table with the ``json``
-module's own scanner, one document at a time, and hands each to a
-:class:`~.base.LoadedRegistrations` at once; the document is garbage before the next
-one is read. The other tables are small and are parsed whole.
+to pack them afterwards: a second copy of the store in memory, several times its
+packed size, and as much time again. :func:`read_snapshot` instead walks the top-level
+object and the registrations table with the ``json`` module's own scanner, one document
+at a time, and hands each to a :class:`~.base.LoadedRegistrations` at once; the
+document is garbage before the next one is read. The other tables are small and are parsed whole.
 
 A file this walk does not expect (whitespace where json.dump writes none is fine; a
 repeated name or id is not, nor anything malformed) raises :class:`IrregularSnapshot`:
@@ -25,8 +24,8 @@ from collections.abc import Iterator, Mapping
 from json.scanner import make_scanner
 from typing import Any
 
-from ..models import Registration
 from .base import REGISTRATIONS, TABLES, LoadedRegistrations
+from .packed import FrozenRegistrations
 
 #: The TinyDB table holding the schema version.
 META_TABLE = "_meta"
@@ -94,7 +93,7 @@ def _walk_registrations(text: str, index: int, registrations: LoadedRegistration
     """Read the registrations table whose ``{`` is at ``index``; the index after it.
     Whitespace is looked for only where a token was expected: json.dump writes none."""
     # LoadedRegistrations.put's work, inlined: this loop runs 100k times at start.
-    entries, unbuilt, build = registrations.entries, registrations.unbuilt, Registration.from_stored
+    put, unbuilt = registrations.table.put_stored, registrations.unbuilt
     scan, skip = _scan, _skip
     # TinyDB's document ids must increase (as TinyDB and snapshot_chunks write them), or
     # a repeated one could hide: json.loads would keep only its last document. (Not
@@ -124,13 +123,10 @@ def _walk_registrations(text: str, index: int, registrations: LoadedRegistration
         if type(doc) is dict:
             key = doc.pop("_key", None)
             if type(key) is str:
-                built = build(key, doc)
-                if built is None:
+                if not put(key, doc):
                     registrations.keep(key, doc)
-                else:
-                    entries[key] = built
-                    if unbuilt:
-                        unbuilt.discard(key)
+                elif unbuilt:
+                    unbuilt.pop(key, None)
         if text[index] != ",":
             index = skip(text, index)
             if text[index] == "}":
@@ -146,7 +142,7 @@ def _skip(text: str, index: int) -> int:
 
 
 def snapshot_chunks(schema: int, documents: Mapping[str, Mapping[str, dict[str, Any]]],
-                    registrations: list[Registration]) -> Iterator[str]:
+                    registrations: FrozenRegistrations) -> Iterator[str]:
     """The snapshot file's text, in pieces: ``documents`` (every table but the
     registrations) and ``registrations``, each document with its key as ``_key`` under
     TinyDB ids from 1, as ``json.dump`` of that whole database wrote it."""
@@ -155,9 +151,8 @@ def snapshot_chunks(schema: int, documents: Mapping[str, Mapping[str, dict[str, 
         yield "," + _encode(name) + ":{"
         pieces: list[str] = []
         if name == REGISTRATIONS:
-            for number, registration in enumerate(registrations, start=1):
-                doc = registration.to_doc()
-                doc["_key"] = registration.node
+            for number, doc in enumerate(registrations.docs(), start=1):
+                doc["_key"] = doc["node"]
                 pieces.append(f'"{number}":{_encode(doc)}')
                 if len(pieces) == CHUNK:
                     yield ",".join(pieces) + ("," if number < len(registrations) else "")

@@ -43,7 +43,6 @@ from typing import IO, Any
 from tinydb.storages import Storage
 
 from ..errors import StoreError
-from ..models import Registration
 from .base import (
     REGISTRATIONS,
     TABLES,
@@ -53,6 +52,7 @@ from .base import (
     Store,
     collections_paused,
 )
+from .packed import FrozenRegistrations
 from .snapshot import META_TABLE, IrregularSnapshot, read_snapshot, snapshot_chunks
 from .status import MIB
 
@@ -264,11 +264,11 @@ class TinyDBStore(Store):
             text = handle.read()
         if not text.strip():
             return {}
+        registrations.reserve(text.count('"_key":'))  # at most one per document
         try:
             return read_snapshot(text, registrations)
         except IrregularSnapshot:  # parsed whole, which says what is wrong, if anything
-            registrations.entries.clear()
-            registrations.unbuilt.clear()
+            registrations.clear()
         data: dict[str, Any] = AtomicJSONStorage.parse(text) or {}
         if isinstance(data.get(REGISTRATIONS), dict):
             for doc in data.pop(REGISTRATIONS).values():
@@ -448,7 +448,7 @@ class TinyDBStore(Store):
         # Copy on the loop thread: documents and registrations are replaced, never
         # mutated, so a shallow copy of each table is a consistent snapshot.
         snapshot = {name: dict(table) for name, table in self._tables.items()}
-        registrations = list(self._registrations.values())
+        registrations = self._registrations.frozen()
         loop = asyncio.get_running_loop()
         try:
             size = await loop.run_in_executor(self._executor, self._compact_sync, snapshot,
@@ -484,7 +484,7 @@ class TinyDBStore(Store):
                   ", or once there is room" if self._room_wanted else "", exc)
 
     def _compact_sync(self, snapshot: dict[str, dict[str, dict[str, Any]]],
-                      registrations: list[Registration]) -> int:
+                      registrations: FrozenRegistrations) -> int:
         AtomicJSONStorage(self.path).write_chunks(
             snapshot_chunks(SCHEMA_VERSION, snapshot, registrations))
         # The snapshot holds everything the journal did: start it over (in place:

@@ -7,7 +7,6 @@ the core never touches raw XML or dicts.
 from __future__ import annotations
 
 import enum
-import operator
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, overload
@@ -40,11 +39,6 @@ class Priority(str, enum.Enum):
 REGISTRATION_FIELDS = ("node", "account", "domain", "app", "token", "dialect", "secret",
                        "voip_token", "device_id", "device_key", "channel", "channel_key",
                        "created", "updated")
-_DIALECTS = {dialect.value: dialect for dialect in Dialect}
-_doc_values = operator.itemgetter(*REGISTRATION_FIELDS)
-_new = object.__new__
-_intern = sys.intern
-_fromhex = bytes.fromhex
 
 
 def _shared(value: Any) -> Any:
@@ -203,59 +197,6 @@ class Registration:
         values = dict(doc)
         values["dialect"] = Dialect(values["dialect"])
         return cls(**values)
-
-    @classmethod
-    def from_stored(cls, key: str, doc: dict[str, Any]) -> Registration | None:
-        """What a store loads: the registration of ``doc``, a document as :meth:`to_doc`
-        writes it, found under ``key`` (its node). ``None`` for any other document:
-        :meth:`from_doc` then says what is wrong with it (or copes with it)."""
-        if len(doc) != len(REGISTRATION_FIELDS):
-            return None
-        try:
-            (node, account, domain, app, token, dialect, secret, voip_token, device_id,
-             device_key, channel, channel_key, created, updated) = _doc_values(doc)
-        except KeyError:
-            return None
-        if node != key or type(dialect) is not str or dialect not in _DIALECTS:
-            return None
-        # What __init__ does, without its calls (a store loads 100k of these at start),
-        # as long as the fields are of their types.
-        if type(domain) is not str or type(app) is not str or type(created) is not float:
-            return cls(key, account, domain, app, token, _DIALECTS[dialect], secret,
-                       voip_token, device_id, device_key, channel, channel_key, created,
-                       updated)
-        self = _new(cls)
-        self.node = key
-        self.account = account
-        self.domain = _intern(domain)
-        self.app = _intern(app)
-        self.dialect = _DIALECTS[dialect]
-        self.created = created
-        self.updated = created if updated == created and type(updated) is float and updated \
-            else updated
-        # _compact, twice, written out: 10 % of a 100k load's time was in these calls.
-        if type(token) is str and token and not len(token) & 1:
-            try:
-                packed = _fromhex(token)
-                if packed.hex() == token:
-                    token = packed
-            except ValueError:
-                pass
-        self._token = token
-        if type(voip_token) is str and voip_token and not len(voip_token) & 1:
-            try:
-                packed = _fromhex(voip_token)
-                if packed.hex() == voip_token:
-                    voip_token = packed
-            except ValueError:
-                pass
-        self._voip_token = voip_token
-        if secret is None and device_id is None and device_key is None and channel is None \
-                and channel_key is None:
-            self._rare = None
-        else:
-            self._rare = _rare_fields(secret, device_id, device_key, channel, channel_key)
-        return self
 
     def _values(self) -> tuple[Any, ...]:
         return (self.node, self.account, self.domain, self.app, self._token, self.dialect,

@@ -3,10 +3,10 @@
 A store answers every publish from memory, and holds every registration there: 100k of
 them and more. As Python objects, even compact ones, a registration costs about 525
 bytes (the object, its node, account and token objects, its dictionary entries); a
-process holding 100k was twice the size of an empty one. Here each is one record of
-about 110 bytes in a single ``bytearray`` (the *arena*), found through two
-open-addressing hash tables of arena offsets (``array('q')``, 8 bytes a slot): one by
-node, one by account (an account may have several registrations). A
+process holding 100k was twice the size of an empty one. Here each is one record of 110
+to 150 bytes (without and with a VoIP token) in a single ``bytearray`` (the *arena*),
+found through two open-addressing hash tables of arena offsets (``array('q')``, 8 bytes
+a slot): one by node, one by account (an account may have several registrations). A
 :class:`~slixmpp_push.models.Registration` is made when one is read: a few µs, once per
 publish.
 
@@ -16,10 +16,10 @@ A record::
     voip_token | secret | device_id | device_key | channel | channel_key | created | updated
 
 ``app`` and ``domain`` are indexes into a list of the distinct values (there are few).
-Every field after them is a tag byte and its payload (:data:`STR8` … :data:`PICKLED`):
+Every field after them is a tag byte and its payload (:data:`STR8` … :data:`JSON`):
 text as UTF-8, hex text as the bytes it spells (as ``Registration`` keeps it), a float
 as 8 bytes, ``updated`` as :data:`SAME` when it is ``created``'s very float, and
-anything else a hand-written document may hold (an int, a list) pickled, so that every
+anything else a hand-written document may hold (an int, a list) as JSON, so that every
 value reads back exactly as it was given.
 
 A replaced or removed record is only marked dead; records are appended, so the arena
@@ -29,7 +29,7 @@ more room than live ones the arena is rewritten without them and the indexes reb
 
 from __future__ import annotations
 
-import pickle
+import json
 import struct
 from array import array
 from collections.abc import Iterator
@@ -46,7 +46,7 @@ _NODE_LENGTH = _FIELDS + 1  # a short node's length byte (after its STR8 tag)
 _NODE = _FIELDS + 2  # a short node's first byte
 
 # Tags of the fields.
-NONE, STR8, STR32, HEX8, HEX32, FLOAT, SAME, PICKLED = range(8)
+NONE, STR8, STR32, HEX8, HEX32, FLOAT, SAME, JSON = range(8)
 
 #: Most records have none of the five rare fields, and floats for ``created`` and
 #: ``updated``: one struct each, by the lengths of their node, account, token and VoIP
@@ -106,14 +106,18 @@ _new = object.__new__
 _doc_values = itemgetter(*REGISTRATION_FIELDS)
 
 
-def _put_text(out: bytearray, text: str) -> None:
-    data = text.encode("utf-8", "surrogatepass")
+def _put_sized(out: bytearray, short: int, long: int, data: bytes) -> None:
+    """``data`` with its length, under tag ``short`` (a one-byte length) or ``long``."""
     if len(data) < 256:
-        out += bytes((STR8, len(data)))
+        out += bytes((short, len(data)))
     else:
-        out.append(STR32)
+        out.append(long)
         out += _U32.pack(len(data))
     out += data
+
+
+def _put_text(out: bytearray, text: str) -> None:
+    _put_sized(out, STR8, STR32, text.encode("utf-8", "surrogatepass"))
 
 
 def _put_value(out: bytearray, value: Any) -> None:
@@ -123,18 +127,14 @@ def _put_value(out: bytearray, value: Any) -> None:
     elif kind is str:
         _put_text(out, value)
     elif kind is bytes:  # hex text, compacted
-        if len(value) < 256:
-            out += bytes((HEX8, len(value)))
-        else:
-            out.append(HEX32)
-            out += _U32.pack(len(value))
-        out += value
+        _put_sized(out, HEX8, HEX32, value)
     elif kind is float:
         out.append(FLOAT)
         out += _F64.pack(value)
     else:  # what only a hand-written document holds: kept exactly, type and all
-        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        out.append(PICKLED)
+        # (What JSON cannot hold, the store could not write either: TypeError.)
+        data = json.dumps(value, separators=(",", ":")).encode()
+        out.append(JSON)
         out += _U32.pack(len(data))
         out += data
 
@@ -158,8 +158,8 @@ def _get_value(arena: bytes | bytearray, at: int) -> tuple[Any, int]:
         return arena[at + 5:end].decode("utf-8", "surrogatepass"), end
     if tag == HEX32:
         return bytes(arena[at + 5:end]), end
-    if tag == PICKLED:
-        return pickle.loads(arena[at + 5:end]), end
+    if tag == JSON:
+        return json.loads(arena[at + 5:end]), end
     raise AssertionError(f"registration record: unknown tag {tag} at {at}")
 
 
@@ -287,6 +287,37 @@ class RegistrationTable:
     def count_by_app(self) -> dict[Any, int]:
         return {self._values[number]: count for number, count in self._app_counts.items()}
 
+    @classmethod
+    def adopt(cls, arena: bytearray, values: list[Any]) -> RegistrationTable:
+        """A table of the live records ``arena`` holds (:meth:`FrozenRegistrations.live_arena`
+        wrote them, numbering app and domain values in ``values``); ValueError if they
+        are not laid out as records (their fields are trusted: the caller checked that
+        the bytes are the ones written). The table keeps ``arena`` itself."""
+        table = cls()
+        for value in values:
+            table._number(value)
+        if len(table._values) != len(values):
+            raise ValueError("repeated app or domain values")
+        table._arena = arena
+        counts: dict[int, int] = {}
+        at, end, live = 0, len(arena), 0
+        try:
+            while at < end:
+                size, alive, dialect, app, domain = _HEAD.unpack_from(arena, at)
+                if not alive or size <= _FIELDS or at + size > end \
+                        or dialect >= len(_DIALECT_LIST) or app >= len(values) \
+                        or domain >= len(values):
+                    raise ValueError(f"no record at {at}")
+                counts[app] = counts.get(app, 0) + 1
+                live += 1
+                at += size
+        except (struct.error, IndexError, UnicodeDecodeError, json.JSONDecodeError,
+                AssertionError) as exc:
+            raise ValueError(f"no record at {at}: {exc}") from None
+        table._live, table._app_counts = live, counts
+        table._reindex(live, room=False)
+        return table
+
     def copy(self) -> RegistrationTable:
         twin = RegistrationTable.__new__(RegistrationTable)
         twin._arena = bytearray(self._arena)
@@ -369,8 +400,7 @@ class RegistrationTable:
                 and float is type(created) is type(updated) \
                 and str is type(token) is type(app) is type(domain) \
                 and (voip_token is None or type(voip_token) is str):
-            # Most registrations, in one struct (a store loads 100k at start): what
-            # _hex_or_text and _common do, written out.
+            # Most registrations, in one struct (a store loads 100k at start).
             numbers = self._text_numbers
             app_number = numbers.get(app)
             domain_number = numbers.get(domain)
@@ -378,23 +408,9 @@ class RegistrationTable:
                 app_number, domain_number = self._number(app), self._number(domain)
             node_bytes = node.encode("utf-8", "surrogatepass")
             account_bytes = account.encode("utf-8", "surrogatepass")
-            try:
-                token_bytes = _fromhex(token)
-                token_tag = HEX8 if token and token_bytes.hex() == token else STR8
-            except ValueError:
-                token_tag = STR8
-            if token_tag == STR8:
-                token_bytes = token.encode("utf-8", "surrogatepass")
-            if voip_token is None:
-                voip_tag, voip_bytes = NONE, b""
-            else:
-                try:
-                    voip_bytes = _fromhex(voip_token)
-                    voip_tag = HEX8 if voip_token and voip_bytes.hex() == voip_token else STR8
-                except ValueError:
-                    voip_tag = STR8
-                if voip_tag == STR8:
-                    voip_bytes = voip_token.encode("utf-8", "surrogatepass")
+            token_tag, token_bytes = _hex_or_text(token)
+            voip_tag, voip_bytes = (NONE, b"") if voip_token is None \
+                else _hex_or_text(voip_token)
             packed = self._common(node_bytes, account_bytes, dialect_number, app_number,
                                   domain_number, token_tag, token_bytes, voip_tag, voip_bytes,
                                   created, updated, updated == created and updated != 0.0)
@@ -706,3 +722,21 @@ class FrozenRegistrations:
                 }
             at += _U32.unpack_from(arena, at)[0]
 
+
+    def live_arena(self) -> bytes:
+        """The live records, one after the other (what :meth:`RegistrationTable.adopt`
+        takes back)."""
+        arena = self._arena
+        pieces = []
+        at, end = 0, len(arena)
+        while at < end:
+            size = _U32.unpack_from(arena, at)[0]
+            if arena[at + 4]:
+                pieces.append(arena[at:at + size])
+            at += size
+        return b"".join(pieces)
+
+    @property
+    def values(self) -> list[Any]:
+        """The app and domain values the records number."""
+        return self._values

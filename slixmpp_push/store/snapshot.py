@@ -26,6 +26,7 @@ from typing import Any
 
 from .base import REGISTRATIONS, TABLES, LoadedRegistrations
 from .packed import FrozenRegistrations
+from .packed_cache import SnapshotMeter
 
 #: The TinyDB table holding the schema version.
 META_TABLE = "_meta"
@@ -43,17 +44,21 @@ class IrregularSnapshot(Exception):
     """The file is not as :func:`snapshot_chunks` writes it: parse it whole."""
 
 
-def read_snapshot(text: str, registrations: LoadedRegistrations) -> dict[str, Any]:
+def read_snapshot(text: str, registrations: LoadedRegistrations,
+                  cached: tuple[int, int] | None = None) -> dict[str, Any]:
     """The top-level object of the snapshot ``text``, except that a registrations table
     that is an object is not in it: its documents went to ``registrations``, keyed by
-    their ``_key`` (a document without a string ``_key`` is left out)."""
+    their ``_key`` (a document without a string ``_key`` is left out). ``cached``: the
+    span of the registrations table in ``text``, whose registrations are in
+    ``registrations`` already (the packed cache): skipped."""
     try:
-        return _walk(text, registrations)
+        return _walk(text, registrations, cached)
     except (StopIteration, ValueError, IndexError):  # what the scanner raises
         raise IrregularSnapshot from None
 
 
-def _walk(text: str, registrations: LoadedRegistrations) -> dict[str, Any]:
+def _walk(text: str, registrations: LoadedRegistrations,
+          cached: tuple[int, int] | None) -> dict[str, Any]:
     index = _skip(text, 0)
     if text[index] != "{":
         raise IrregularSnapshot
@@ -71,7 +76,12 @@ def _walk(text: str, registrations: LoadedRegistrations) -> dict[str, Any]:
             raise IrregularSnapshot  # a repeated name: json.loads keeps the last one
         index = _skip(text, index + 1)
         if name == REGISTRATIONS and text[index] == "{":
-            index = _walk_registrations(text, index, registrations)
+            if cached is None:
+                index = _walk_registrations(text, index, registrations)
+            elif cached[0] == index and text[cached[1] - 1] == "}":
+                index = cached[1]
+            else:
+                raise IrregularSnapshot  # not where the cache says: parsed whole
             walked = True
         else:
             top[name], index = _scan(text, index)
@@ -142,13 +152,38 @@ def _skip(text: str, index: int) -> int:
 
 
 def snapshot_chunks(schema: int, documents: Mapping[str, Mapping[str, dict[str, Any]]],
-                    registrations: FrozenRegistrations) -> Iterator[str]:
+                    registrations: FrozenRegistrations,
+                    meter: SnapshotMeter | None = None) -> Iterator[str]:
     """The snapshot file's text, in pieces: ``documents`` (every table but the
     registrations) and ``registrations``, each document with its key as ``_key`` under
-    TinyDB ids from 1, as ``json.dump`` of that whole database wrote it."""
+    TinyDB ids from 1, as ``json.dump`` of that whole database wrote it. ``meter``
+    measures the pieces, and where the registrations table lies (for the packed cache)."""
+    pieces = _pieces(schema, documents, registrations)
+    if meter is None:
+        yield from pieces
+        return
+    opening = _table_opening(REGISTRATIONS)
+    start = -1
+    for piece in pieces:
+        if piece == opening:
+            start = meter.chars + len(piece) - 1  # its "{"
+        elif start >= 0 and meter.span is None and piece in _OPENINGS:  # the next table
+            meter.span = (start, meter.chars)
+        yield meter.chunk(piece)
+
+
+def _table_opening(name: str) -> str:
+    return "," + _encode(name) + ":{"
+
+
+_OPENINGS = {_table_opening(name) for name in TABLES}
+
+
+def _pieces(schema: int, documents: Mapping[str, Mapping[str, dict[str, Any]]],
+            registrations: FrozenRegistrations) -> Iterator[str]:
     yield "{" + _encode(META_TABLE) + ":" + _encode({"1": {"schema": schema}})
     for name in TABLES:
-        yield "," + _encode(name) + ":{"
+        yield _table_opening(name)
         pieces: list[str] = []
         if name == REGISTRATIONS:
             for number, doc in enumerate(registrations.docs(), start=1):

@@ -53,6 +53,7 @@ from .base import (
     collections_paused,
 )
 from .packed import FrozenRegistrations
+from .packed_cache import SnapshotMeter, read_cache, write_cache
 from .snapshot import META_TABLE, IrregularSnapshot, read_snapshot, snapshot_chunks
 from .status import MIB
 
@@ -260,13 +261,19 @@ class TinyDBStore(Store):
         an object) taken into ``registrations`` instead. Read neither through TinyDB's
         Table.all() (a Document object for each of 100k) nor with one ``json.load``
         (a dictionary for each, then the objects), but with :mod:`.snapshot`."""
-        with open(self.path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(self.path, "rb") as handle:
+            raw = handle.read()
+        text = raw.decode("utf-8")
         if not text.strip():
             return {}
-        registrations.reserve(text.count('"_key":'))  # at most one per document
+        cached = read_cache(self.path, raw)
+        if cached is None:
+            registrations.reserve(text.count('"_key":'))  # at most one per document
+            span = None
+        else:
+            registrations.table, span = cached
         try:
-            return read_snapshot(text, registrations)
+            return read_snapshot(text, registrations, span)
         except IrregularSnapshot:  # parsed whole, which says what is wrong, if anything
             registrations.clear()
         data: dict[str, Any] = AtomicJSONStorage.parse(text) or {}
@@ -485,8 +492,10 @@ class TinyDBStore(Store):
 
     def _compact_sync(self, snapshot: dict[str, dict[str, dict[str, Any]]],
                       registrations: FrozenRegistrations) -> int:
+        meter = SnapshotMeter()
         AtomicJSONStorage(self.path).write_chunks(
-            snapshot_chunks(SCHEMA_VERSION, snapshot, registrations))
+            snapshot_chunks(SCHEMA_VERSION, snapshot, registrations, meter))
+        write_cache(self.path, meter, registrations, TEMP_PREFIX)
         # The snapshot holds everything the journal did: start it over (in place:
         # the append-only descriptor then writes from 0, nothing to reopen).
         fd = self._journal.fileno()

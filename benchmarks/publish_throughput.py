@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -490,30 +490,32 @@ async def one_round(generator: LoadGenerator, fake: FakeApnsChild,
     ours, ours_child = await generator.launch("ours")
     before = await fake.count()
     warmup, seconds = args.warmup, args.seconds / args.slices
-    profiler = None
-    if spy and args.profile == "paced":
-        profiler = await py_spy(ours_child.pid, 2 * args.slices * (warmup + seconds), spy)
-    paced: list[tuple[Phase, Phase]] = []
-    for _ in range(args.slices):
-        pair = (await floor.paced(args.rate, warmup, seconds, meter(floor_child)),
-                await ours.paced(args.rate, warmup, seconds, meter(ours_child)))
-        describe(f"(b) floor, {args.rate:g}/s", pair[0])
-        describe(f"(c) ours, {args.rate:g}/s", pair[1])
-        paced.append(pair)
-    if profiler is not None:
-        await profiler.wait()
+
+    async def alternate(phase: str, first: Callable[[], Awaitable[Phase]],
+                        second: Callable[[], Awaitable[Phase]],
+                        names: tuple[str, str]) -> list[tuple[Phase, Phase]]:
+        """``--slices`` pairs of slices, ``first`` then ``second``; profiled if asked."""
         profiler = None
-    if spy and args.profile == "window":
-        profiler = await py_spy(ours_child.pid, 2 * args.slices * (warmup + seconds), spy)
-    window: list[tuple[Phase, Phase]] = []
-    for _ in range(args.slices):
-        pair = (await trivial.saturate(args.window, warmup, seconds, meter(trivial_child)),
-                await ours.saturate(args.window, warmup, seconds, meter(ours_child)))
-        describe("(a) trivial, window", pair[0])
-        describe("(d) ours, window", pair[1])
-        window.append(pair)
-    if profiler is not None:
-        await profiler.wait()
+        if spy and args.profile == phase:
+            profiler = await py_spy(ours_child.pid, 2 * args.slices * (warmup + seconds), spy)
+        pairs = []
+        for _ in range(args.slices):
+            pair = (await first(), await second())
+            for name, measured in zip(names, pair, strict=True):
+                describe(name, measured)
+            pairs.append(pair)
+        if profiler is not None:
+            await profiler.wait()
+        return pairs
+
+    paced = await alternate(
+        "paced", lambda: floor.paced(args.rate, warmup, seconds, meter(floor_child)),
+        lambda: ours.paced(args.rate, warmup, seconds, meter(ours_child)),
+        (f"(b) floor, {args.rate:g}/s", f"(c) ours, {args.rate:g}/s"))
+    window = await alternate(
+        "window", lambda: trivial.saturate(args.window, warmup, seconds, meter(trivial_child)),
+        lambda: ours.saturate(args.window, warmup, seconds, meter(ours_child)),
+        ("(a) trivial, window", "(d) ours, window"))
     for stream in (trivial, floor, ours):
         await stream.close()
     await delivered(fake, before, floor.results + ours.results, "floor and ours")

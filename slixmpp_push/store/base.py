@@ -11,10 +11,9 @@ Registrations (hundreds of thousands of them) are kept packed, off the Python he
 by account); a :class:`~slixmpp_push.models.Registration` is made when one is read, and
 the ``registrations`` table's documents too (:class:`RegistrationDocs`). A back end
 packs each document as it reads it (:class:`LoadedRegistrations`), without a table of
-documents or objects in between. A back end
-that other processes write too (PostgreSQL) applies their changes to memory
-with :meth:`Store._apply_remote`, which updates the indexes and persists nothing, then
-tells whoever :meth:`Store.watch`-es that table.
+documents or objects in between. A back end that other processes write too (PostgreSQL)
+applies their changes to memory with :meth:`Store._apply_remote`, which updates the
+indexes and persists nothing, then tells whoever :meth:`Store.watch`-es that table.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any
 
-from ..models import REGISTRATION_FIELDS, Dialect, Registration, _compact, _expand
+from ..models import REGISTRATION_FIELDS, Dialect, Registration, _expand
 
 _HEAD = struct.Struct("<IBBII")  # size, live, dialect, app, domain
 _U32 = struct.Struct("<I")
@@ -224,7 +224,7 @@ class RegistrationTable:
                  "_grow_at", "_live", "_mask", "_nodes", "_text_numbers", "_value_numbers",
                  "_values")
 
-    def __init__(self, expected: int = 0) -> None:
+    def __init__(self) -> None:
         self._arena = bytearray()
         self._values: list[Any] = []  # app and domain values, by number
         self._value_numbers: dict[tuple[type, Any], int] = {}
@@ -236,7 +236,7 @@ class RegistrationTable:
         self._nodes = self._accounts = array("q")
         #: Slots of either index not empty (at most), and how many may be before it grows.
         self._mask = self._filled = self._grow_at = 0
-        self._reindex(expected)
+        self._reindex(0)
 
     # -- reading -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -311,11 +311,10 @@ class RegistrationTable:
                 counts[app] = counts.get(app, 0) + 1
                 live += 1
                 at += size
-        except (struct.error, IndexError, UnicodeDecodeError, json.JSONDecodeError,
-                AssertionError) as exc:
+            table._live, table._app_counts = live, counts
+            table._reindex(live, room=False)  # reads each node and account
+        except (struct.error, IndexError, UnicodeDecodeError) as exc:
             raise ValueError(f"no record at {at}: {exc}") from None
-        table._live, table._app_counts = live, counts
-        table._reindex(live, room=False)
         return table
 
     def copy(self) -> RegistrationTable:
@@ -369,7 +368,6 @@ class RegistrationTable:
         _put_value(record, registration._voip_token)
         for value in registration._rare or _NO_RARE:
             _put_value(record, value)
-        created, updated = registration.created, registration.updated
         _put_value(record, created)
         if updated is created and type(created) is float:
             record.append(SAME)
@@ -417,26 +415,13 @@ class RegistrationTable:
             if packed is not None:
                 self._append(packed, node, node_bytes, account, app_number)
                 return True
+        # Anything else a hand-written document holds: as Registration keeps it.
         try:
-            record, app_number = self._record(node, account, _DIALECT_LIST[dialect_number],
-                                              app, domain)
+            self.put(Registration(node, account, domain, app, token,
+                                  _DIALECT_LIST[dialect_number], secret, voip_token, device_id,
+                                  device_key, channel, channel_key, created, updated))
         except TypeError:  # an app or domain that is no key of a dict
             return False
-        _put_value(record, _compact(token))
-        _put_value(record, _compact(voip_token))
-        _put_value(record, secret)
-        _put_value(record, _compact(device_id))
-        _put_value(record, _compact(device_key))
-        _put_value(record, channel)
-        _put_value(record, _compact(channel_key))
-        _put_value(record, created)
-        if updated == created and type(updated) is float and type(created) is float \
-                and updated:
-            record.append(SAME)  # as Registration keeps it: one float for both
-        else:
-            _put_value(record, updated)
-        _U32.pack_into(record, 0, len(record))
-        self._append(record, node, node.encode("utf-8", "surrogatepass"), account, app_number)
         return True
 
     @staticmethod
@@ -451,23 +436,11 @@ class RegistrationTable:
             layout = _common_layout(*lengths)
             if layout is None:
                 return None
-        size, nodes, accounts, tokens, voips = (layout.size, lengths[0], lengths[1],
-                                                lengths[2], lengths[3])
-        if voip_tag == NONE:
-            if same:
-                return layout.pack(size, 1, dialect, app, domain, STR8, nodes, node, STR8,
-                                   accounts, account, token_tag, tokens, token, NONE,
-                                   _RARE_NONE, FLOAT, created, SAME)
-            return layout.pack(size, 1, dialect, app, domain, STR8, nodes, node, STR8, accounts,
-                               account, token_tag, tokens, token, NONE, _RARE_NONE, FLOAT,
-                               created, FLOAT, updated)
-        if same:
-            return layout.pack(size, 1, dialect, app, domain, STR8, nodes, node, STR8, accounts,
-                               account, token_tag, tokens, token, voip_tag, voips, voip,
-                               _RARE_NONE, FLOAT, created, SAME)
-        return layout.pack(size, 1, dialect, app, domain, STR8, nodes, node, STR8, accounts,
-                           account, token_tag, tokens, token, voip_tag, voips, voip,
-                           _RARE_NONE, FLOAT, created, FLOAT, updated)
+        voip_field = (NONE,) if voip_tag == NONE else (voip_tag, lengths[3], voip)
+        tail = (FLOAT, created, SAME) if same else (FLOAT, created, FLOAT, updated)
+        return layout.pack(layout.size, 1, dialect, app, domain, STR8, lengths[0], node, STR8,
+                           lengths[1], account, token_tag, lengths[2], token, *voip_field,
+                           _RARE_NONE, *tail)
 
     def pop(self, node: str) -> Registration | None:
         """Remove the registration of ``node``; it, or None if there was none."""
@@ -531,33 +504,21 @@ class RegistrationTable:
                     and arena[other + _NODE:other + _NODE + length] == node_bytes
                     if length < 256 else _text_bytes(arena, other + _FIELDS) == node_bytes):
                 self._kill(slot, other, account=None)  # replaced: its slot is ours
-                nodes[slot] = at
-                arena += record
-                self._live += 1
-                self._index_account(account, at, app_number)
-                self._compact_if_due()
-                return
+                break
             slot = (slot + 1) & mask
             other = nodes[slot]
         nodes[slot] = at
         arena += record
         self._live += 1
-        counts = self._app_counts  # _index_account, written out
+        counts = self._app_counts
         counts[app_number] = counts.get(app_number, 0) + 1
         slots = self._accounts
         slot = hash(account) & mask
         while slots[slot] >= 0:
             slot = (slot + 1) & mask
         slots[slot] = at
-
-    def _index_account(self, account: str, at: int, app_number: int) -> None:
-        counts = self._app_counts
-        counts[app_number] = counts.get(app_number, 0) + 1
-        slots, mask = self._accounts, self._mask
-        slot = hash(account) & mask
-        while slots[slot] >= 0:
-            slot = (slot + 1) & mask
-        slots[slot] = at
+        if other >= 0:  # one was replaced: dead bytes grew
+            self._compact_if_due()
 
     def _kill(self, slot: int, at: int, account: str | None) -> None:
         """Mark the record at ``at`` (in node slot ``slot``) dead and unindex it."""

@@ -172,16 +172,13 @@ def _not_an_object(name: str, key: str) -> None:
 
 def _build(rows: Iterable[Sequence[Any]], registrations: LoadedRegistrations) -> None:
     """Each row's registration into ``registrations`` (:func:`_decode`'s rules)."""
-    put, unbuilt = registrations.table.put_stored, registrations.unbuilt  # put(), inlined
     with collections_paused():
         for key, text in rows:
             doc = json.loads(text)
-            if type(doc) is not dict:
+            if isinstance(doc, dict):
+                registrations.put(key, doc)
+            else:
                 _not_an_object(REGISTRATIONS, key)
-            elif not put(key, doc):
-                registrations.keep(key, doc)
-            elif unbuilt:
-                unbuilt.pop(key, None)
 
 
 class PostgresStore(Store):

@@ -7,7 +7,8 @@ to pack them afterwards: a second copy of the store in memory, several times its
 packed size, and as much time again. :func:`read_snapshot` instead walks the top-level
 object and the registrations table with the ``json`` module's own scanner, one document
 at a time, and hands each to a :class:`~.base.LoadedRegistrations` at once; the
-document is garbage before the next one is read. The other tables are small and are parsed whole.
+document is garbage before the next one is read. The other tables are small and are
+parsed whole.
 
 A file this walk does not expect (whitespace where json.dump writes none is fine; a
 repeated name or id is not, nor anything malformed) raises :class:`IrregularSnapshot`:
@@ -102,9 +103,7 @@ def _ended(text: str, index: int, top: dict[str, Any]) -> dict[str, Any]:
 def _walk_registrations(text: str, index: int, registrations: LoadedRegistrations) -> int:
     """Read the registrations table whose ``{`` is at ``index``; the index after it.
     Whitespace is looked for only where a token was expected: json.dump writes none."""
-    # LoadedRegistrations.put's work, inlined: this loop runs 100k times at start.
-    put, unbuilt = registrations.table.put_stored, registrations.unbuilt
-    scan, skip = _scan, _skip
+    put, scan, skip = registrations.put, _scan, _skip
     # TinyDB's document ids must increase (as TinyDB and snapshot_chunks write them), or
     # a repeated one could hide: json.loads would keep only its last document. (Not
     # a set of them: 100k small strings freed at the end leave 6 MB of holes.)
@@ -133,10 +132,7 @@ def _walk_registrations(text: str, index: int, registrations: LoadedRegistration
         if type(doc) is dict:
             key = doc.pop("_key", None)
             if type(key) is str:
-                if not put(key, doc):
-                    registrations.keep(key, doc)
-                elif unbuilt:
-                    unbuilt.pop(key, None)
+                put(key, doc)
         if text[index] != ",":
             index = skip(text, index)
             if text[index] == "}":

@@ -165,7 +165,7 @@ def use_hpack_encoder() -> None:
     literals, the per-request headers never indexed (benchmark only)."""
     from hpack import Encoder, NeverIndexedHeaderTuple
 
-    from slixmpp_push.providers import apns
+    from slixmpp_push.providers import apns_h2
 
     unique = {b":path", b"apns-id", b"apns-expiration", b"apns-collapse-id"}
 
@@ -174,7 +174,7 @@ def use_hpack_encoder() -> None:
             return super().encode([NeverIndexedHeaderTuple(*h) if h[0] in unique else h
                                    for h in headers], huffman=False)
 
-    apns._HeaderEncoder = PlainHpack  # type: ignore[attr-defined,misc]
+    apns_h2.HeaderEncoder = PlainHpack  # type: ignore[misc]
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -42,14 +42,12 @@ from slixmpp_push.coalesce import BACKSTOP, WRITE_INTERVAL, CoalescedWrites
 from slixmpp_push.config import AppConfig
 from slixmpp_push.errors import Outcome
 from slixmpp_push.providers.apns import (
-    _HPACK_FITS,
     WRITE_BATCH,
     ApnsClientProtocol,
     ApnsProvider,
     ProviderToken,
-    _CreditReturningH2Connection,
-    _HeaderEncoder,
 )
+from slixmpp_push.providers.apns_h2 import HPACK_FITS, ApnsH2Connection, HeaderEncoder
 from slixmpp_push.providers.base import ApnsRequest
 
 KEY_ID = "TESTKEY123"  # conftest's apns_key
@@ -69,6 +67,14 @@ async def provider(fake_apns: FakeApns, test_ca: TestCA,
     await started.start()
     yield started
     await started.close()
+
+
+def ignore_reply(stream_id: int, headers: Any, body: bytes) -> None:
+    pass
+
+
+def ignore_reset(stream_id: int, error_code: int) -> None:
+    pass
 
 
 def push(i: int, **fields: Any) -> ApnsRequest:
@@ -214,7 +220,7 @@ async def test_every_header_arrives_intact_over_thousands_of_requests(
 def test_header_encoder_round_trips_through_hpack_with_table_size_changes() -> None:
     """Our encoder against hpack's decoder, as the peer's SETTINGS shrink and grow the
     table, with HPACK integers of one, two and three bytes and never-indexed headers."""
-    encoder, decoder = _HeaderEncoder(), Decoder()
+    encoder, decoder = HeaderEncoder(), Decoder()
     sizes = {300: 200, 600: 0, 700: 4096, 900: 1000}
     for i in range(1_200):
         if i in sizes:
@@ -257,7 +263,7 @@ async def test_the_authorization_value_is_encoded_once_per_token(
 
 
 def test_the_token_is_in_the_first_header_block_only_then_an_index() -> None:
-    encoder, decoder = _HeaderEncoder(), Decoder()
+    encoder, decoder = HeaderEncoder(), Decoder()
 
     def block(bearer: bytes, i: int) -> bytes:
         headers = [(b":method", b"POST"), (b":path", b"/3/device/%064x" % i),
@@ -306,7 +312,7 @@ async def test_aioapns_internals_the_send_path_relies_on() -> None:
     where = f"aioapns {version('aioapns')}"
     protocol = ApnsClientProtocol(TOPIC, asyncio.get_running_loop(), None, None)
     for name, kind in (("requests", dict), ("request_streams", dict),
-                       ("request_statuses", dict), ("conn", _CreditReturningH2Connection)):
+                       ("conn", ApnsH2Connection)):
         assert isinstance(getattr(protocol, name, None), kind), (
             f"{where}: protocol.{name} is no longer a {kind.__name__}; review "
             "ApnsClientProtocol._request, which fills it as aioapns's send_notification did")
@@ -339,8 +345,8 @@ async def test_aioapns_internals_the_send_path_relies_on() -> None:
 
 def test_h2_internals_the_send_path_relies_on() -> None:
     where = f"h2 {version('h2')}"
-    conn = _CreditReturningH2Connection()
-    assert isinstance(conn.encoder, _HeaderEncoder), (
+    conn = ApnsH2Connection(ignore_reply, ignore_reset)
+    assert isinstance(conn.encoder, HeaderEncoder), (
         f"{where}: H2Connection.encoder was replaced after __init__")
     config = conn.config
     assert not (config.validate_outbound_headers or config.normalize_outbound_headers
@@ -365,7 +371,7 @@ def test_h2_still_refuses_a_stream_over_the_peers_limit() -> None:
     """Our cheaper open_outbound_streams keeps h2's check against the peer's
     MAX_CONCURRENT_STREAMS exact where it matters: at the limit."""
     where = f"h2 {version('h2')}"
-    client = _CreditReturningH2Connection()
+    client = ApnsH2Connection(ignore_reply, ignore_reset)
     client.initiate_connection()
     server = H2Connection(H2Configuration(client_side=False))
     server.initiate_connection()
@@ -390,13 +396,13 @@ def test_hpack_internals_the_encoder_relies_on() -> None:
     table = encoder.header_table
     assert isinstance(table, HeaderTable), f"{where}: Encoder.header_table changed"
     for name in ("search", "add", "resized", "maxsize"):
-        assert hasattr(table, name), f"{where}: HeaderTable.{name} is gone; review _HeaderEncoder"
+        assert hasattr(table, name), f"{where}: HeaderTable.{name} is gone; review HeaderEncoder"
     assert table.search(b":method", b"POST") == (3, b":method", b"POST"), where
     assert encoder.table_size_changes == [] and callable(encoder._encode_table_size_change), (
-        f"{where}: Encoder's table size updates changed; review _HeaderEncoder")
+        f"{where}: Encoder's table size updates changed; review HeaderEncoder")
     static = HeaderTable.STATIC_TABLE
     assert len(static) == 61 and static[3] == (b":path", b"/") and static[37][0] == b"host", (
         f"{where}: HeaderTable.STATIC_TABLE is not RFC 7541's any more")
-    assert _HPACK_FITS, (
+    assert HPACK_FITS, (
         f"{where}: _hpack_fits() says no: APNs connections fall back to h2's own (slower) "
         "header encoder")

@@ -26,22 +26,24 @@ stock aioapns fails quietly and expensively under faults:
 - :class:`ApnsClientProtocol`, set as the pool's protocol class, which
 
   - connects to ``endpoint`` ("host:port") instead of Apple when configured;
-  - returns HTTP/2 flow-control credit, which stock aioapns never does (see
-    :class:`_CreditReturningH2Connection`);
+  - returns HTTP/2 flow-control credit, which stock aioapns never does;
   - releases the HTTP/2 stream of a request abandoned by our timeout, and
     forgets finished streams (stock aioapns keeps one entry per successful push
     for the life of the connection);
-  - reads ``Retry-After`` (aioapns drops the response headers);
+  - matches each reply to its request by stream, reads ``Retry-After`` (aioapns
+    drops the response headers), and retries a request whose stream APNs reset
+    (stock aioapns leaves it waiting);
   - forgets every request when the connection is lost, so that a reset
     connection is freed at once rather than by the cycle collector;
   - remembers the last ``Date`` response header and why the connection was lost,
     for :meth:`ApnsProvider.probe` (``slixmpp-push doctor``);
   - sends a request for less CPU than aioapns (``ApnsClientProtocol._request``): one
-    TLS write per event-loop turn for every request started in it, headers
-    encoded by :class:`_HeaderEncoder` (no Huffman coding, the per-request
-    headers never indexed, the others a cached one-byte index), no h2 checks of
-    the headers we build, the provider token's header value encoded once per
-    token, a cheap ``apns-id``, the inactivity timer re-armed once per 10 s.
+    TLS write per event-loop turn for every request started in it, the request
+    and its reply framed by our connection rather than h2's streams, headers
+    encoded without Huffman coding (the per-request headers never indexed, the
+    others a cached one-byte index), the provider token's header value encoded
+    once per token, a cheap ``apns-id``, the inactivity timer re-armed once per
+    10 s. The HTTP/2 side is :mod:`slixmpp_push.providers.apns_h2`.
 
 Refused credentials pause the app (:meth:`Provider.pause`): no request is made
 until a fresh token may be signed, then one trial request at a time, so a
@@ -65,7 +67,7 @@ import ssl
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -80,17 +82,13 @@ from aioapns.connection import (
     AuthorizationHeaderProvider,
 )
 from aioapns.exceptions import ConnectionClosed
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived
 from h2.exceptions import NoAvailableStreamIDError, ProtocolError
-from hpack import Encoder, HeaderTuple
-from hpack.table import HeaderTable
 
 from ..coalesce import CoalescedWrites
 from ..errors import ConfigError, DeliveryResult, Outcome
 from ..logs import short_token
+from .apns_h2 import ApnsH2Connection, Headers
 from .base import (
     AUTH_REJECTED,
     CERT_REFUSED,
@@ -107,9 +105,6 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from h2.events import Event
-    from typing_extensions import Buffer
-
     from ..config import AppConfig
 
 __all__ = ["ApnsClientProtocol", "ApnsConnectError", "ApnsConnectionPool", "ApnsProvider",
@@ -845,196 +840,6 @@ class _Answer(NotificationResult):
         self.retry_after = retry_after
 
 
-def _hpack_integer(value: int, prefix_bits: int, flags: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541, 5.1) in a ``prefix_bits`` prefix, ``flags`` above it."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((flags | value,))
-    encoded = bytearray((flags | limit,))
-    value -= limit
-    while value >= 0x80:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
-
-
-_SHORT_LENGTHS = [bytes((n,)) for n in range(0x7F)]
-
-
-def _hpack_string(data: bytes) -> bytes:
-    """The length prefix of an HPACK string literal, without Huffman coding (5.2)."""
-    size = len(data)
-    return _SHORT_LENGTHS[size] if size < 0x7F else _hpack_integer(size, 7)
-
-
-def _never_indexed_name(name: bytes) -> bytes:
-    """The start of a never-indexed literal field (6.2.3): its name, as an index
-    into the static table when there is one."""
-    for index, (static_name, _) in enumerate(HeaderTable.STATIC_TABLE, 1):
-        if static_name == name:
-            return _hpack_integer(index, 4, 0x10)
-    return b"\x10" + _hpack_string(name) + name
-
-
-class _HeaderEncoder(Encoder):
-    """HPACK for the request headers we build, in place of h2's hpack encoder.
-
-    - No Huffman coding: hpack's is pure Python, a third of its encoding time, for
-      a few dozen bytes saved per request.
-    - The headers new with nearly every request (``:path`` with the device token,
-      ``apns-id``, ``apns-expiration``, ``apns-collapse-id``) are never-indexed
-      literals: indexed, they would only churn the dynamic table, evicting the
-      provider token (some 200 bytes sent again) and moving every index.
-    - Every other header (``:method``, ``host``, ``apns-topic``, ``apns-priority``,
-      ``apns-push-type``, ``authorization``) goes into the dynamic table the first
-      time it is seen (hpack's table), and is then sent as a one-byte index, looked
-      up in :attr:`_fields`: a dictionary emptied whenever the table changes (an
-      entry added, a new size from the peer's SETTINGS).
-    """
-
-    #: Headers sent as never-indexed literals: name -> the field's first bytes.
-    NEVER_INDEXED: ClassVar[dict[bytes, bytes]] = {}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fields: dict[tuple[bytes, bytes], bytes] = {}
-
-    @property
-    def header_table_size(self) -> int:
-        return self.header_table.maxsize
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:
-        # As hpack's (h2 calls it with the peer's SETTINGS_HEADER_TABLE_SIZE);
-        # a smaller table may have evicted entries: every cached index is stale.
-        self.header_table.maxsize = value
-        if self.header_table.resized:
-            self.table_size_changes.append(value)
-        self._fields.clear()
-
-    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
-        """The header block of ``headers`` (``(name, value)`` bytes, as h2 passes
-        them); ``huffman`` is ignored."""
-        table = self.header_table
-        block: list[bytes] = []
-        if table.resized:
-            block.append(self._encode_table_size_change())
-            table.resized = False
-        fields, never_indexed = self._fields, self.NEVER_INDEXED
-        for header in headers:
-            name, value = header
-            start = never_indexed.get(name)
-            if start is None and isinstance(header, HeaderTuple) and not header.indexable:
-                start = _never_indexed_name(name)
-            if start is not None:
-                block += (start, _hpack_string(value), value)
-                continue
-            field = fields.get(header)
-            block.append(field if field is not None else self._field(name, value))
-        return b"".join(block)
-
-    def _field(self, name: bytes, value: bytes) -> bytes:
-        """An indexed field, cached, when the tables hold the header; else a
-        literal with incremental indexing, the header added to the table."""
-        table = self.header_table
-        match = table.search(name, value)
-        if match is not None and match[2] is not None:
-            field = self._fields[(name, value)] = _hpack_integer(match[0], 7, 0x80)
-            return field
-        if match is not None:  # the name is in a table
-            field = _hpack_integer(match[0], 6, 0x40) + _hpack_string(value) + value
-        else:
-            field = b"\x40" + _hpack_string(name) + name + _hpack_string(value) + value
-        table.add(name, value)
-        self._fields.clear()  # every dynamic table index moved
-        return field
-
-
-def _hpack_fits() -> bool:
-    """Whether hpack still has what :class:`_HeaderEncoder` builds on (pinned by
-    tests/test_provider_apns_lean.py); if not, h2's own encoder is kept: slower,
-    as correct."""
-    encoder = Encoder()
-    table = getattr(encoder, "header_table", None)
-    return (len(getattr(HeaderTable, "STATIC_TABLE", ())) == 61
-            and all(hasattr(table, name) for name in ("search", "add", "resized", "maxsize"))
-            and isinstance(getattr(encoder, "table_size_changes", None), list)
-            and hasattr(encoder, "_encode_table_size_change"))
-
-
-_HPACK_FITS = _hpack_fits()
-if _HPACK_FITS:
-    _HeaderEncoder.NEVER_INDEXED.update(
-        (name, _never_indexed_name(name))
-        for name in (b":path", b"apns-id", b"apns-expiration", b"apns-collapse-id"))
-
-
-class _CreditReturningH2Connection(H2Connection):
-    """An h2 client connection that hands flow-control credit back at once.
-
-    Why: stock aioapns never calls ``acknowledge_received_data``, so every byte
-    of every error body (410, 400 ...) permanently shrinks the connection's
-    64 KiB receive window. After ~1,300 error replies on one connection APNs
-    cannot send any more, and those requests hang until aioapns's 10 s idle
-    timer reconnects. aioapns consumes DATA synchronously as it is parsed, so
-    the credit can be returned as soon as h2 has processed the frames; the
-    WINDOW_UPDATE frames go out with the protocol's next ``flush()``, which
-    ``data_received`` does right after this call.
-
-    It also skips what costs time per request and buys nothing here:
-
-    - h2's normalisation and validation of each outgoing header block:
-      ``ApnsClientProtocol._request`` builds the headers, as bytes, in lower
-      case; they are encoded by :class:`_HeaderEncoder`;
-    - h2's validation of each reply's headers (a dozen generator stages for
-      ``:status``, ``apns-id`` and ``date``): a reply without a usable
-      ``:status`` is retried (:meth:`ApnsProvider.classify`), and a header
-      aioapns cannot decode fails the connection, whose requests are retried;
-    - h2's count of the open streams, a walk over all of them on every new
-      stream (see :attr:`open_outbound_streams`).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(H2Configuration(client_side=True, header_encoding=None,
-                                         normalize_outbound_headers=False,
-                                         validate_outbound_headers=False,
-                                         validate_inbound_headers=False))
-        if _HPACK_FITS:
-            self.encoder = _HeaderEncoder()
-
-    _recount_at = 0  # len(self.streams) at which to count the open ones again
-
-    @property
-    def open_outbound_streams(self) -> int:
-        """The streams we opened that are still open, or, when that cannot matter,
-        an upper bound of them.
-
-        h2 walks every stream it holds, to count the open ones and drop the closed
-        ones, each time a request opens a stream: at 100 requests in flight, 100
-        steps per request. Its only use is the check against the peer's
-        ``MAX_CONCURRENT_STREAMS`` (aioapns's channel pool keeps below it anyway),
-        and an upper bound below the limit passes that check as the exact count
-        would. So the walk is done only when the streams held could reach the
-        limit, or have doubled since the last walk: the closed ones are still
-        dropped, for a constant cost per request.
-        """
-        held = len(self.streams)
-        if held < self._recount_at and held < self.remote_settings.max_concurrent_streams:
-            return held
-        count = super().open_outbound_streams
-        self._recount_at = 2 * len(self.streams) + 64
-        return count
-
-    def receive_data(self, data: Buffer) -> list[Event]:
-        events = super().receive_data(data)
-        for event in events:
-            if isinstance(event, DataReceived) and event.flow_controlled_length:
-                # Connection level always; stream level while the stream is open.
-                self.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        return events
-
-
 class ApnsClientProtocol(APNsTLSClientProtocol):
     """aioapns's TLS protocol with flow control fixed, streams cleaned up, and
     requests sent for less (:meth:`_request`, :meth:`flush`).
@@ -1043,9 +848,11 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
     as :attr:`ApnsConnectionPool.protocol_class`.
     """
 
+    conn: ApnsH2Connection
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = _CreditReturningH2Connection()  # before connection_made
+        self.conn = ApnsH2Connection(self._replied, self._stream_reset)  # before connection_made
         #: The last ``Date`` response header and our ``time.time()`` when it came.
         self.last_date: tuple[bytes, float] | None = None
         #: Whether the connection ended, and why (an ``ssl.SSLError`` for a TLS alert).
@@ -1053,7 +860,6 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         self.lost_with: BaseException | None = None
         #: Answers received on this connection (it worked at least once).
         self.answered = 0
-        self._retry_after: dict[str, bytes] = {}  # apns-id -> Retry-After of an error
         self._host = (b"host", self.APNS_SERVER.encode())
         auth = self.auth_provider
         self._authorization: Callable[[], bytes] | None = (
@@ -1093,7 +899,7 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
             # after the handshake seemed to succeed.
             raise self._closed()
         try:
-            result = await self._request(request)
+            return await self._request(request)
         except asyncio.CancelledError:
             self._abandon(request.notification_id)
             raise
@@ -1104,16 +910,14 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
             # kept the connection alive until a full collection. Cut it.
             traceback.clear_frames(exc.__traceback__)
             raise self._closed() from None
-        if not self._retry_after:
-            return result
-        retry_after = self._retry_after.pop(request.notification_id, None)
-        return _Answer(result, parse_retry_after(retry_after)) if retry_after else result
 
     async def _request(self, request: NotificationRequest) -> NotificationResult:
         """aioapns's ``send_notification``, without what we do not need per request:
         the headers are built as bytes (the token's value encoded once per token),
-        the expiration is taken as given when absolute, the JSON is compact, and
-        the write waits for the end of the loop turn (:meth:`flush`)."""
+        the expiration is taken as given when absolute, the JSON is compact, the
+        request framed by our connection (:meth:`ApnsH2Connection.send_request`)
+        rather than h2 when it can be, and the write waits for the end of the
+        loop turn (:meth:`flush`). The reply comes to :meth:`_replied`."""
         stream_id = await self.free_channels.acquire()
         headers = [
             _METHOD_POST,
@@ -1137,12 +941,15 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         if self._authorization is not None:
             headers.append((b"authorization", self._authorization()))
         body = json.dumps(request.message, ensure_ascii=False, separators=(",", ":")).encode()
+        conn = self.conn
         try:
-            self.conn.send_headers(stream_id, headers)
-            if self._held or len(body) > self.conn.local_flow_control_window(stream_id):
-                self._held.append((stream_id, body))  # behind the ones already waiting
-            else:
-                self.conn.send_data(stream_id, body, end_stream=True)
+            # Bodies held for want of credit go first: then this one waits too.
+            if self._held or not conn.send_request(stream_id, headers, body):
+                conn.send_headers(stream_id, headers)
+                if self._held or len(body) > conn.local_flow_control_window(stream_id):
+                    self._held.append((stream_id, body))  # behind the ones already waiting
+                else:
+                    conn.send_data(stream_id, body, end_stream=True)
         except BaseException:
             self.free_channels.release()  # (aioapns keeps it taken: one stream lost)
             raise
@@ -1222,31 +1029,48 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         unanswered requests the connection would refuse new work.
         """
         self.requests.pop(notification_id, None)
-        self.request_statuses.pop(notification_id, None)
-        self._retry_after.pop(notification_id, None)
         stream_ids = [s for s, n in self.request_streams.items() if n == notification_id]
         for stream_id in stream_ids:
             del self.request_streams[stream_id]
-            stream = self.conn.streams.get(stream_id)
-            if stream is None or stream.closed:
-                continue  # already ended: its channel was released then
-            try:
-                self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
-            except ProtocolError:  # the connection itself is closing
-                continue
-            self.free_channels.release()
+            if self.conn.cancel(stream_id):
+                self.free_channels.release()
         if stream_ids and self.transport is not None and not self.transport.is_closing():
             self.flush()
 
-    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
+    def _replied(self, stream_id: int, headers: Headers, body: bytes) -> None:
+        """A complete reply (called by :attr:`conn`): settle its request, found by
+        its stream, not by ``apns-id`` (aioapns decodes that header for it)."""
+        notification_id = self.request_streams.pop(stream_id, None)
+        if notification_id is None:
+            log.debug("APNs: a reply on stream %d, which no request waits for", stream_id)
+            return
+        self.free_channels.release()
         self.answered += 1
-        date = headers.get(b"date")
+        fields = dict(headers)
+        date = fields.get(b"date")
         if date is not None:
             self.last_date = (date, time.time())
-        retry_after = headers.get(b"retry-after")
+        result = NotificationResult(
+            notification_id, fields.get(b":status", b"").decode("ascii", "replace"),
+            *(_error_body(body) if body else ()))
+        retry_after = fields.get(b"retry-after")
         if retry_after is not None:
-            self._retry_after[headers.get(b"apns-id", b"").decode("utf8")] = retry_after
-        super().on_response_received(headers)
+            result = _Answer(result, parse_retry_after(retry_after))
+        future = self.requests.pop(notification_id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def _stream_reset(self, stream_id: int, error_code: int) -> None:
+        """APNs reset a request's stream (or answered it malformed): no answer,
+        so the request is retried (:meth:`ApnsProvider.classify`: no status)."""
+        notification_id = self.request_streams.pop(stream_id, None)
+        if notification_id is None:
+            return
+        self.free_channels.release()
+        future = self.requests.pop(notification_id, None)
+        if future is not None and not future.done():
+            future.set_result(NotificationResult(
+                notification_id, "", f"stream reset ({_error_name(error_code)})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The error of a failed write has a traceback whose frames lead (through
@@ -1266,19 +1090,24 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         # Nothing more will be answered here: let go of every request now.
         self.requests.clear()
         self.request_streams.clear()
-        self.request_statuses.clear()
-        self._retry_after.clear()
         self._held.clear()
 
-    def on_stream_ended(self, stream_id: int) -> None:
-        # Stock aioapns only forgets a stream when an error body arrives; after
-        # a 200 the entry would stay for the life of the connection.
-        notification_id = self.request_streams.pop(stream_id, None)
-        if notification_id is not None:
-            # An error reply that ended without a JSON reason: settle it now
-            # rather than leaving the caller to time out.
-            future = self.requests.pop(notification_id, None)
-            status = self.request_statuses.pop(notification_id, "")
-            if future is not None and not future.done():
-                future.set_result(NotificationResult(notification_id, status))
-        super().on_stream_ended(stream_id)
+
+def _error_body(body: bytes) -> tuple[str | None, int | None]:
+    """The reason and timestamp of an error reply's JSON body (both None if unreadable)."""
+    try:
+        data = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    reason, timestamp = data.get("reason"), data.get("timestamp")
+    return (reason if isinstance(reason, str) and reason else None,
+            timestamp if isinstance(timestamp, int) else None)
+
+
+def _error_name(error_code: int) -> str:
+    try:
+        return ErrorCodes(error_code).name
+    except ValueError:
+        return f"error {error_code}"

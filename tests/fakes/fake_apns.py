@@ -234,6 +234,9 @@ class FakeApnsConnection(asyncio.Protocol):
         if server._reset_now():
             self._reset()
             return
+        if token in server.stream_resets:
+            self.conn.reset_stream(stream_id, server.stream_resets[token])
+            return
         refused = server._authenticate(stream.headers, self.client_cert)
         if refused is not None:
             status, reason, retry_after = *refused, None
@@ -263,13 +266,20 @@ class FakeApnsConnection(asyncio.Protocol):
             except StreamClosedError:
                 self._pending.popleft()  # the client reset it meanwhile
                 continue
-            if len(body) > min(window, self.conn.max_outbound_frame_size):
+            padding = self.server.split_padded_bodies
+            cost = len(body) + (0 if padding is None else 2 * (padding + 1))
+            if cost > min(window, self.conn.max_outbound_frame_size):
                 if stream_id != self._deferred_stream:
                     self.bodies_deferred += 1
                     self._deferred_stream = stream_id
                 break
             self._pending.popleft()
-            self.conn.send_data(stream_id, body, end_stream=True)
+            if padding is None:
+                self.conn.send_data(stream_id, body, end_stream=True)
+            else:
+                half = len(body) // 2
+                self.conn.send_data(stream_id, body[:half], pad_length=padding)
+                self.conn.send_data(stream_id, body[half:], end_stream=True, pad_length=padding)
             self.replies_sent += 1
             self.min_outbound_window = min(
                 self.min_outbound_window, self.conn.outbound_flow_control_window
@@ -329,6 +339,11 @@ class FakeApns:
         self.outage_retry_after: int | None = None
         self.hang = False
         self.retry_afters: dict[str, int] = {}  # token -> Retry-After of its scripted reply
+        #: token -> HTTP/2 error code: its requests' streams are reset, not answered.
+        self.stream_resets: dict[str, int] = {}
+        #: Error bodies in two DATA frames, each padded with this many bytes (None: one
+        #: unpadded frame, as h2 sends them by default).
+        self.split_padded_bodies: int | None = None
         #: Present an untrusted certificate on new handshakes (a fault that can end).
         self.untrusted = False
         #: Fraction of requests whose connection is reset instead of answered.

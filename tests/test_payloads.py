@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from slixmpp_push import payloads
 from slixmpp_push.config import AppConfig
 from slixmpp_push.models import Dialect, Jingle, Notification, Priority, Registration
 from slixmpp_push.notifier.publisher import RemoteTarget, pubsub_element
@@ -565,3 +566,18 @@ def test_the_same_page_form_from_a_server_is_an_ordinary_message(priority: Prior
     request = apns(reg(), note, apns_app())
     assert request.payload["aps"] == MESSAGE_APS
     assert request.collapse_id == thread()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=30)
+
+
+@given(_json_values)
+def test_the_cheap_size_bound_is_never_below_the_json(value: Any) -> None:
+    """_fit skips serialising a payload that its repr says is small: 6 bytes of
+    JSON (``\\u0000``) per character of repr must bound every value, control
+    characters, astral ones, quotes and infinities included."""
+    assert len(json.dumps(value, ensure_ascii=False).encode()) <= 6 * payloads._cost(value)

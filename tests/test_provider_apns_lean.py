@@ -47,7 +47,8 @@ from slixmpp_push.providers.apns import (
     ApnsProvider,
     ProviderToken,
 )
-from slixmpp_push.providers.apns_h2 import HPACK_FITS, ApnsH2Connection, HeaderEncoder
+from slixmpp_push.providers.apns_h2 import ApnsH2Connection
+from slixmpp_push.providers.apns_hpack import HPACK_FITS, HeaderEncoder
 from slixmpp_push.providers.base import ApnsRequest
 
 KEY_ID = "TESTKEY123"  # conftest's apns_key

@@ -22,16 +22,15 @@ per frame sent or received, and an event for each.
   at once, on both kinds of streams: stock aioapns never returns credit, and
   after some 1,300 error bodies APNs could send no more.
 
-Header blocks are encoded by :class:`HeaderEncoder` (no Huffman coding, the
-per-request headers never indexed) and decoded by h2's hpack decoder, which keeps
-the table shared with the peer in step.
+Header blocks are coded by :mod:`slixmpp_push.providers.apns_hpack`, which
+replaces hpack's pure-Python coding (Huffman coding above all) for less CPU.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2Connection
@@ -44,144 +43,15 @@ from h2.exceptions import (
     ProtocolError,
 )
 from h2.stream import StreamClosedBy
-from hpack import Encoder, HeaderTuple
 from hpack.exceptions import HPACKError, OversizedHeaderListError
-from hpack.table import HeaderTable
+
+from .apns_hpack import HPACK_FITS, HeaderDecoder, HeaderEncoder, Headers
 
 if TYPE_CHECKING:
     from h2.events import Event
     from typing_extensions import Buffer
 
-__all__ = ["HPACK_FITS", "ApnsH2Connection", "HeaderEncoder", "Headers"]
-
-#: A header block as decoded (or to encode): ``(name, value)`` pairs of bytes.
-Headers = list[tuple[bytes, bytes]]
-
-def _hpack_integer(value: int, prefix_bits: int, flags: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541, 5.1) in a ``prefix_bits`` prefix, ``flags`` above it."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((flags | value,))
-    encoded = bytearray((flags | limit,))
-    value -= limit
-    while value >= 0x80:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
-
-
-_SHORT_LENGTHS = [bytes((n,)) for n in range(0x7F)]
-
-
-def _hpack_string(data: bytes) -> bytes:
-    """The length prefix of an HPACK string literal, without Huffman coding (5.2)."""
-    size = len(data)
-    return _SHORT_LENGTHS[size] if size < 0x7F else _hpack_integer(size, 7)
-
-
-def _never_indexed_name(name: bytes) -> bytes:
-    """The start of a never-indexed literal field (6.2.3): its name, as an index
-    into the static table when there is one."""
-    for index, (static_name, _) in enumerate(HeaderTable.STATIC_TABLE, 1):
-        if static_name == name:
-            return _hpack_integer(index, 4, 0x10)
-    return b"\x10" + _hpack_string(name) + name
-
-
-class HeaderEncoder(Encoder):
-    """HPACK for the request headers we build, in place of h2's hpack encoder.
-
-    - No Huffman coding: hpack's is pure Python, a third of its encoding time, for
-      a few dozen bytes saved per request.
-    - The headers new with nearly every request (``:path`` with the device token,
-      ``apns-id``, ``apns-expiration``, ``apns-collapse-id``) are never-indexed
-      literals: indexed, they would only churn the dynamic table, evicting the
-      provider token (some 200 bytes sent again) and moving every index.
-    - Every other header (``:method``, ``host``, ``apns-topic``, ``apns-priority``,
-      ``apns-push-type``, ``authorization``) goes into the dynamic table the first
-      time it is seen (hpack's table), and is then sent as a one-byte index, looked
-      up in :attr:`_fields`: a dictionary emptied whenever the table changes (an
-      entry added, a new size from the peer's SETTINGS).
-    """
-
-    #: Headers sent as never-indexed literals: name -> the field's first bytes.
-    NEVER_INDEXED: ClassVar[dict[bytes, bytes]] = {}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fields: dict[tuple[bytes, bytes], bytes] = {}
-
-    @property
-    def header_table_size(self) -> int:
-        return self.header_table.maxsize
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:
-        # As hpack's (h2 calls it with the peer's SETTINGS_HEADER_TABLE_SIZE);
-        # a smaller table may have evicted entries: every cached index is stale.
-        self.header_table.maxsize = value
-        if self.header_table.resized:
-            self.table_size_changes.append(value)
-        self._fields.clear()
-
-    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
-        """The header block of ``headers`` (``(name, value)`` bytes, as h2 passes
-        them); ``huffman`` is ignored."""
-        table = self.header_table
-        block: list[bytes] = []
-        if table.resized:
-            block.append(self._encode_table_size_change())
-            table.resized = False
-        fields, never_indexed = self._fields, self.NEVER_INDEXED
-        for header in headers:
-            name, value = header
-            start = never_indexed.get(name)
-            if start is None and isinstance(header, HeaderTuple) and not header.indexable:
-                start = _never_indexed_name(name)
-            if start is not None:
-                block += (start, _hpack_string(value), value)
-                continue
-            field = fields.get(header)
-            block.append(field if field is not None else self._field(name, value))
-        return b"".join(block)
-
-    def _field(self, name: bytes, value: bytes) -> bytes:
-        """An indexed field, cached, when the tables hold the header; else a
-        literal with incremental indexing, the header added to the table."""
-        table = self.header_table
-        match = table.search(name, value)
-        if match is not None and match[2] is not None:
-            field = self._fields[(name, value)] = _hpack_integer(match[0], 7, 0x80)
-            return field
-        if match is not None:  # the name is in a table
-            field = _hpack_integer(match[0], 6, 0x40) + _hpack_string(value) + value
-        else:
-            field = b"\x40" + _hpack_string(name) + name + _hpack_string(value) + value
-        table.add(name, value)
-        self._fields.clear()  # every dynamic table index moved
-        return field
-
-
-def hpack_fits() -> bool:
-    """Whether hpack still has what :class:`HeaderEncoder` builds on (pinned by
-    tests/test_provider_apns_h2.py); if not, h2's own encoder is kept: slower,
-    as correct."""
-    encoder = Encoder()
-    table = getattr(encoder, "header_table", None)
-    return (len(getattr(HeaderTable, "STATIC_TABLE", ())) == 61
-            and all(hasattr(table, name) for name in ("search", "add", "resized", "maxsize"))
-            and isinstance(getattr(encoder, "table_size_changes", None), list)
-            and hasattr(encoder, "_encode_table_size_change"))
-
-
-HPACK_FITS = hpack_fits()
-if HPACK_FITS:
-    HeaderEncoder.NEVER_INDEXED.update(
-        (name, _never_indexed_name(name))
-        for name in (b":path", b"apns-id", b"apns-expiration", b"apns-collapse-id"))
-
-
+__all__ = ["ApnsH2Connection", "Headers"]
 
 # Frame types and flags (RFC 9113, 6).
 DATA, HEADERS, PRIORITY, RST_STREAM, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x2, 0x3, 0x8, 0x9
@@ -238,6 +108,7 @@ class ApnsH2Connection(H2Connection):
                                          validate_inbound_headers=False))
         if HPACK_FITS:
             self.encoder = HeaderEncoder()
+            self.decoder = HeaderDecoder(self.decoder.max_header_list_size)
         self.on_reply = on_reply
         self.on_reset = on_reset
         #: The lean streams awaiting their reply: id -> None until its headers

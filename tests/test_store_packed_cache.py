@@ -147,10 +147,10 @@ async def test_a_cache_that_cannot_be_written_leaves_none_behind(
     await written(path, ODD[:2])
     assert cache_path(path).exists()
 
-    def full(*_: object) -> None:
+    def full(*_: object, **__: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(packed_cache, "_replace", full)
+    monkeypatch.setattr(packed_cache, "replace_file", full)  # the cache's, not the snapshot's
     with caplog.at_level(logging.WARNING, logger="slixmpp_push.store"):
         await written(path, [registration("n7")])  # the snapshot is written, its cache not
     assert "No space left on device" in caplog.text

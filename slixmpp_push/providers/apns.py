@@ -1040,11 +1040,10 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
     def _replied(self, stream_id: int, headers: Headers, body: bytes) -> None:
         """A complete reply (called by :attr:`conn`): settle its request, found by
         its stream, not by ``apns-id`` (aioapns decodes that header for it)."""
-        notification_id = self.request_streams.pop(stream_id, None)
+        notification_id = self._stream_ended(stream_id)
         if notification_id is None:
             log.debug("APNs: a reply on stream %d, which no request waits for", stream_id)
             return
-        self.free_channels.release()
         self.answered += 1
         fields = dict(headers)
         date = fields.get(b"date")
@@ -1056,21 +1055,27 @@ class ApnsClientProtocol(APNsTLSClientProtocol):
         retry_after = fields.get(b"retry-after")
         if retry_after is not None:
             result = _Answer(result, parse_retry_after(retry_after))
-        future = self.requests.pop(notification_id, None)
-        if future is not None and not future.done():
-            future.set_result(result)
+        self._settle(notification_id, result)
 
     def _stream_reset(self, stream_id: int, error_code: int) -> None:
         """APNs reset a request's stream (or answered it malformed): no answer,
         so the request is retried (:meth:`ApnsProvider.classify`: no status)."""
+        notification_id = self._stream_ended(stream_id)
+        if notification_id is not None:
+            self._settle(notification_id, NotificationResult(
+                notification_id, "", f"stream reset ({_error_name(error_code)})"))
+
+    def _stream_ended(self, stream_id: int) -> str | None:
+        """The request of a stream that ended, its channel freed; None if none waits."""
         notification_id = self.request_streams.pop(stream_id, None)
-        if notification_id is None:
-            return
-        self.free_channels.release()
+        if notification_id is not None:
+            self.free_channels.release()
+        return notification_id
+
+    def _settle(self, notification_id: str, result: NotificationResult) -> None:
         future = self.requests.pop(notification_id, None)
         if future is not None and not future.done():
-            future.set_result(NotificationResult(
-                notification_id, "", f"stream reset ({_error_name(error_code)})"))
+            future.set_result(result)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The error of a failed write has a traceback whose frames lead (through

@@ -21,10 +21,10 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
+from .files import replace_file
 from .packed import FrozenRegistrations, RegistrationTable
 
 log = logging.getLogger(__name__)
@@ -72,28 +72,13 @@ def write_cache(snapshot: Path, meter: SnapshotMeter, registrations: FrozenRegis
         arena = registrations.live_arena()
         header = _HEADER.pack(meter.size, meter.crc, meter.span[0], meter.span[1],
                               len(values), len(arena), zlib.crc32(arena, zlib.crc32(values)))
-        _replace(path, (MAGIC, header, values, arena), temp_prefix)
+        replace_file(path, lambda handle: handle.writelines((MAGIC, header, values, arena)),
+                     temp_prefix=temp_prefix, binary=True)
     except (OSError, TypeError, ValueError) as exc:  # the snapshot is what counts
         log.warning("store: could not write %s (%s); the next start reads the snapshot "
                     "instead", path, exc)
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
-
-
-def _replace(path: Path, parts: tuple[bytes, ...], temp_prefix: str) -> None:
-    """Replace ``path`` with ``parts`` (mode 0600), durably, or leave it as it was."""
-    fd, temp = tempfile.mkstemp(prefix=temp_prefix, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.writelines(parts)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def read_cache(snapshot: Path, raw: bytes) -> tuple[RegistrationTable, tuple[int, int]] | None:

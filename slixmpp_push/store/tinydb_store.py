@@ -52,6 +52,7 @@ from .base import (
     Store,
     collections_paused,
 )
+from .files import FILE_MODE, replace_file
 from .packed import FrozenRegistrations
 from .packed_cache import SnapshotMeter, read_cache, write_cache
 from .snapshot import META_TABLE, IrregularSnapshot, read_snapshot, snapshot_chunks
@@ -61,7 +62,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 TEMP_PREFIX = ".slixmpp-push-"
-FILE_MODE = 0o600
 #: /health is not ready once the journal is longer: compaction keeps failing (a
 #: healthy journal is emptied every ``compact_after`` lines, about 10 MB).
 JOURNAL_LIMIT = 64 * MIB
@@ -139,20 +139,8 @@ class AtomicJSONStorage(Storage):
 
     def write_with(self, fill: Callable[[IO[str]], None]) -> None:
         """Replace the file with what ``fill`` writes to the text handle it is given."""
-        folder = self.path.parent
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
-        try:
-            os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                fill(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        _fsync_dir(folder)
+        replace_file(self.path, fill, temp_prefix=TEMP_PREFIX)
+        _fsync_dir(self.path.parent)
 
     def close(self) -> None:
         pass
